@@ -1,0 +1,249 @@
+"""``DiffusionActor``: a TensorDict policy that samples ``pi(a|s) ∝ exp(Q(s,a)/T)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModuleBase, TensorDictParams
+from torch import Tensor
+from torchrl.data import Bounded, Composite, TensorSpec
+from torchrl.envs.utils import ExplorationType, exploration_type
+
+from dqs_torchrl.energy import squash
+from dqs_torchrl.networks import ScoreNetwork
+from dqs_torchrl.samplers import SAMPLERS, tweedie_denoise
+from dqs_torchrl.schedules import GeometricSchedule, geometric_sigmas, karras_sigmas
+
+__all__ = ["DiffusionActor", "check_temperature"]
+
+_SPACINGS: dict[str, Callable[..., Tensor]] = {
+    "geometric": geometric_sigmas,
+    "karras": karras_sigmas,
+}
+
+
+def check_temperature(temperature: float | Tensor, name: str = "temperature") -> float:
+    """Return ``temperature`` as a float, raising ``ValueError`` unless it is finite and > 0."""
+    value = float(temperature)
+    if not (value > 0 and value < float("inf")):
+        raise ValueError(f"{name} must be a finite number > 0, got {temperature!r}.")
+    return value
+
+
+def _box_bounds(action_spec: TensorSpec, action_key: str) -> tuple[Tensor, Tensor]:
+    if isinstance(action_spec, Composite):
+        if action_key not in action_spec.keys(True, True):
+            raise ValueError(f"action_spec is a Composite without the action key {action_key!r}.")
+        action_spec = action_spec[action_key]
+    if not isinstance(action_spec, Bounded) or action_spec.domain != "continuous":
+        raise ValueError(
+            "action_spec must be a continuous Bounded (box) spec with finite low and high, got "
+            f"{type(action_spec).__name__}; the Boltzmann policy is defined on the action box."
+        )
+    low, high = action_spec.space.low.float(), action_spec.space.high.float()
+    if not (torch.isfinite(low).all() and torch.isfinite(high).all() and (low < high).all()):
+        raise ValueError("action_spec must have finite bounds with low < high in every dimension.")
+    return low, high
+
+
+class DiffusionActor(TensorDictModuleBase):
+    """A diffusion policy sampling the Boltzmann distribution ``pi(a|s) ∝ exp(Q(s, a)/T)``.
+
+    Reads ``observation`` (and ``temperature`` when the tensordict has it, else its own
+    :attr:`temperature` buffer, which :class:`~dqs_torchrl.TemperatureScheduler` sets), draws
+    ``x_1 ~ N(0, sigma_max^2)``, integrates the reverse SDE with the score network, and writes
+    the bounded ``action = squash(x)`` (fitting any box spec) and the latent ``action_raw = x``.
+    Any leading batch shape works, so it serves as the policy of a TorchRL ``Collector`` or of
+    ``env.rollout``.
+
+    Exploration: under ``ExplorationType.RANDOM`` (and when no exploration type is set) the
+    action is a sample of the policy. Under ``DETERMINISTIC`` (or ``MODE``/``MEAN``) the
+    sampler starts at the prior's mean ``x_1 = 0`` and runs with its noise switched off: an
+    annealed ascent on ``log p_tau`` that ends near a mode of ``pi(.|s)`` — a deterministic
+    function of the state, used for evaluation.
+
+    Not to be confused with ``torchrl.modules.DiffusionActor``, a DDPM behaviour-cloning actor
+    trained on demonstrations: this one is trained by :class:`~dqs_torchrl.IDEMScoreLoss` to
+    sample the Boltzmann density of a critic or of any energy, with no data of good actions.
+
+    Args:
+        score_network: a :class:`~dqs_torchrl.ScoreNetwork` (or a module with its interface).
+        action_spec: a continuous ``Bounded`` spec (or a ``Composite`` holding one).
+
+    Keyword Args:
+        sigma_min, sigma_max: range of the geometric VE schedule (paper: 1e-5, 1.0).
+        num_steps: number of sampler steps (paper: 1000).
+        sampler: ``"euler_maruyama"`` (paper), ``"ancestral"`` or ``"heun"`` (probability-flow
+            ODE, second order); see :mod:`dqs_torchrl.samplers`.
+        spacing: ``"geometric"`` (uniform in tau, the paper's) or ``"karras"``.
+        sigma_end: last sigma of the grid; defaults to ``sigma_min``.
+        denoise: finish with one Tweedie step ``x + sigma_end^2 score(x, sigma_end)``.
+        temperature: initial temperature ``T > 0``.
+        ema: keep an exponential moving average of the score-network weights and sample with
+            it. The average lives in :attr:`ema_params`; ``SoftUpdate(IDEMScoreLoss(...))``
+            updates it like a target network.
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import Bounded
+        >>> spec = Bounded(-2.0, 2.0, shape=(2,))
+        >>> actor = DiffusionActor(ScoreNetwork(3, 2, num_cells=32, embedding_dim=16), spec,
+        ...                        num_steps=10)
+        >>> td = actor(TensorDict(observation=torch.randn(4, 5, 3), batch_size=[4, 5]))
+        >>> td["action"].shape, bool(spec.is_in(td["action"]))
+        (torch.Size([4, 5, 2]), True)
+    """
+
+    def __init__(
+        self,
+        score_network: ScoreNetwork,
+        action_spec: TensorSpec,
+        *,
+        sigma_min: float = 1e-5,
+        sigma_max: float = 1.0,
+        num_steps: int = 1000,
+        sampler: str = "euler_maruyama",
+        spacing: str = "geometric",
+        sigma_end: float | None = None,
+        denoise: bool = False,
+        temperature: float = 1.0,
+        ema: bool = False,
+        observation_key: str = "observation",
+        action_key: str = "action",
+        raw_action_key: str = "action_raw",
+        temperature_key: str = "temperature",
+    ) -> None:
+        super().__init__()
+        self.schedule = GeometricSchedule(sigma_min, sigma_max)
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}.")
+        if spacing not in _SPACINGS:
+            raise ValueError(f"spacing must be one of {sorted(_SPACINGS)}, got {spacing!r}.")
+        sigma_end = sigma_min if sigma_end is None else sigma_end
+        if not sigma_min <= sigma_end < sigma_max:
+            raise ValueError(
+                f"sigma_end must lie in [sigma_min, sigma_max) = [{sigma_min}, {sigma_max}), "
+                f"got {sigma_end}."
+            )
+        # The grid is fixed per actor: build it once, not per call.
+        self.register_buffer("sigmas", _SPACINGS[spacing](num_steps, sigma_max, sigma_end))
+        self.num_steps, self.sampler, self.spacing, self.denoise = (
+            num_steps,
+            sampler,
+            spacing,
+            denoise,
+        )
+        self.score_network = score_network
+        low, high = _box_bounds(action_spec, action_key)
+        self.register_buffer("low", low)
+        self.register_buffer("high", high)
+        self.register_buffer("temperature", torch.tensor(check_temperature(temperature)))
+        self.ema_params = (
+            TensorDictParams(TensorDict.from_module(score_network).data.clone(), no_convert=True)
+            if ema
+            else None
+        )
+        self.observation_key, self.temperature_key = observation_key, temperature_key
+        self.action_key, self.raw_action_key = action_key, raw_action_key
+        self.in_keys = [observation_key]
+        self.out_keys = [action_key, raw_action_key]
+
+    def squash(self, x: Tensor) -> Tensor:
+        """Map a latent action to the action box."""
+        return squash(x, self.low, self.high)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        observation: Tensor,
+        temperature: Tensor | float | None = None,
+        *,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Draw ``(action, latent action)`` for observations of shape ``[*batch, obs_dim]``.
+
+        ``temperature`` is a float or a tensor broadcastable to ``[*batch, 1]``; ``None`` uses
+        the actor's own temperature.
+        """
+        batch_shape = observation.shape[:-1]
+        n = batch_shape.numel()
+        obs = observation.reshape(n, observation.shape[-1]).to(self.low.dtype)
+        temp = self.temperature if temperature is None else torch.as_tensor(temperature)
+        temp = (
+            temp.to(obs).expand(*batch_shape, 1).reshape(n, 1)
+            if temp.numel() > 1
+            else (temp.to(obs).reshape(1, 1).expand(n, 1))
+        )
+        shape = (n, self.low.shape[-1])
+        if deterministic:
+            x = obs.new_zeros(shape)
+        else:
+            x = self.schedule.sigma_max * torch.randn(
+                shape, generator=generator, device=obs.device, dtype=obs.dtype
+            )
+        if self.ema_params is not None:
+            with self.ema_params.to_module(self.score_network):
+                x = self._integrate(obs, temp, x, deterministic, generator)
+        else:
+            x = self._integrate(obs, temp, x, deterministic, generator)
+        x = x.reshape(*batch_shape, -1)
+        return self.squash(x), x
+
+    def _integrate(
+        self,
+        obs: Tensor,
+        temp: Tensor,
+        x: Tensor,
+        deterministic: bool,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        net = self.score_network
+        sigmas = self.sigmas
+        # (s, T) and tau features are computed once per call; each step only pays for x.
+        condition = net.condition(obs, temp)
+        time_rows = net.time_features(self.schedule.tau(sigmas).unsqueeze(-1))
+        features = dict(zip(sigmas.tolist(), time_rows.unbind(0), strict=True))
+
+        def score_fn(x: Tensor, sigma: float) -> Tensor:
+            return net.head(condition + features[sigma], x)
+
+        x = SAMPLERS[self.sampler](
+            score_fn, x, sigmas, noise=not deterministic, generator=generator
+        )
+        if self.denoise:
+            x = tweedie_denoise(score_fn, x, sigmas[-1].item())
+        return x
+
+    def score_fn(
+        self,
+        observation: Tensor,
+        temperature: Tensor | float | None = None,
+    ) -> Callable[[Tensor, float], Tensor]:
+        """The learned score as a ``score_fn(x, sigma)`` for the plain samplers of
+        :mod:`dqs_torchrl.samplers` (live weights, not the EMA)."""
+        temp = self.temperature if temperature is None else torch.as_tensor(temperature)
+        temp = temp.to(observation).expand(*observation.shape[:-1], 1)
+
+        def score_fn(x: Tensor, sigma: float) -> Tensor:
+            tau = self.schedule.tau(torch.full_like(x[..., :1], sigma))
+            return self.score_network(observation, x, tau, temp)
+
+        return score_fn
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        observation = tensordict.get(self.observation_key)
+        temperature = tensordict.get(self.temperature_key, None)
+        explore = exploration_type() in (None, ExplorationType.RANDOM)
+        action, raw = self.sample(observation, temperature, deterministic=not explore)
+        tensordict.set(self.action_key, action)
+        tensordict.set(self.raw_action_key, raw)
+        return tensordict
+
+    def extra_repr(self) -> str:
+        return (
+            f"sampler={self.sampler}, num_steps={self.num_steps}, spacing={self.spacing}, "
+            f"denoise={self.denoise}, {self.schedule}, ema={self.ema_params is not None}"
+        )

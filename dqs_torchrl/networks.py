@@ -1,0 +1,123 @@
+"""Networks of the paper (appendix B): the score network and the Q-network builder."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchrl.modules import MLP, ValueOperator
+
+__all__ = ["SinusoidalEmbedding", "ScoreNetwork", "make_q_network"]
+
+
+class SinusoidalEmbedding(nn.Module):
+    """Transformer-style embedding ``[sin(scale * v * f_k), cos(scale * v * f_k)]``.
+
+    Frequencies ``f_k = max_period ** (-k / (dim / 2))``, ``k = 0 .. dim/2 - 1``.
+
+    Examples:
+        >>> emb = SinusoidalEmbedding(8)
+        >>> emb(torch.zeros(3, 1)).shape
+        torch.Size([3, 8])
+    """
+
+    def __init__(self, dim: int = 256, scale: float = 1000.0, max_period: float = 10000.0) -> None:
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"embedding dim must be even, got {dim}.")
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half) / half)
+        self.register_buffer("freqs", scale * freqs, persistent=False)
+
+    def forward(self, value: Tensor) -> Tensor:
+        """Embed ``value`` of shape ``[..., 1]`` into ``[..., dim]``."""
+        arg = value * self.freqs
+        return torch.cat([torch.sin(arg), torch.cos(arg)], dim=-1)
+
+
+class ScoreNetwork(nn.Module):
+    """The DQS score network ``f_phi(s, x_tau, tau, T)``.
+
+    An MLP with two hidden layers (ReLU) and a residual skip around the second, whose first
+    layer reads the state, the noisy latent action and sinusoidal embeddings of ``tau`` and of
+    ``log T``. The first layer is split into a part that depends only on ``(s, T)``
+    (:meth:`condition`), one that depends only on ``tau`` (:meth:`time_features`) and one on
+    ``x``, so a sampler computes the first two once and pays only for ``x`` at each step;
+    :meth:`forward` is literally ``head(condition + time_features, x)``.
+
+    Args:
+        observation_dim: size of the state (0 for a plain energy without a state).
+        action_dim: size of the action.
+        num_cells: hidden width (paper: 256).
+        embedding_dim: size of each sinusoidal embedding (paper: 256).
+
+    Examples:
+        >>> net = ScoreNetwork(observation_dim=3, action_dim=2, num_cells=32, embedding_dim=16)
+        >>> s, x = torch.randn(5, 3), torch.randn(5, 2)
+        >>> tau, temperature = torch.rand(5, 1), torch.full((5, 1), 0.1)
+        >>> net(s, x, tau, temperature).shape
+        torch.Size([5, 2])
+    """
+
+    def __init__(
+        self, observation_dim: int, action_dim: int, num_cells: int = 256, embedding_dim: int = 256
+    ) -> None:
+        super().__init__()
+        self.observation_dim = observation_dim
+        self.action_dim = action_dim
+        self.tau_embedding = SinusoidalEmbedding(embedding_dim, scale=1000.0)
+        # log T in [-5, 3] covers T from 0.007 to 20; a smaller scale keeps nearby T close.
+        self.temperature_embedding = SinusoidalEmbedding(embedding_dim, scale=100.0)
+        self.condition_layer = nn.Linear(observation_dim + embedding_dim, num_cells)
+        self.time_layer = nn.Linear(embedding_dim, num_cells, bias=False)
+        self.action_layer = nn.Linear(action_dim, num_cells, bias=False)
+        self.hidden_layer = nn.Linear(num_cells, num_cells)
+        self.output_layer = nn.Linear(num_cells, action_dim)
+
+    def condition(self, observation: Tensor, temperature: Tensor) -> Tensor:
+        """First-layer features of ``(s, T)``; ``temperature`` has shape ``[..., 1]``."""
+        t_emb = self.temperature_embedding(torch.log(temperature))
+        return self.condition_layer(torch.cat([observation, t_emb], dim=-1))
+
+    def time_features(self, tau: Tensor) -> Tensor:
+        """First-layer features of the diffusion time; ``tau`` has shape ``[..., 1]``."""
+        return self.time_layer(self.tau_embedding(tau))
+
+    def head(self, features: Tensor, x: Tensor) -> Tensor:
+        """The rest of the network given the summed ``(s, T)`` and ``tau`` features."""
+        h1 = torch.relu(features + self.action_layer(x))
+        h2 = torch.relu(self.hidden_layer(h1)) + h1
+        return self.output_layer(h2)
+
+    def forward(self, observation: Tensor, x: Tensor, tau: Tensor, temperature: Tensor) -> Tensor:
+        """Score estimate at ``(s, x, tau, T)``; ``tau`` and ``temperature`` are ``[..., 1]``."""
+        return self.head(self.condition(observation, temperature) + self.time_features(tau), x)
+
+
+def make_q_network(
+    observation_dim: int,
+    action_dim: int,
+    num_cells: Sequence[int] = (256, 256),
+    observation_key: str = "observation",
+    action_key: str = "action",
+) -> ValueOperator:
+    """A Q-network ``Q(s, a)`` (MLP, ReLU) reading ``observation`` and ``action`` and writing
+    ``state_action_value``, as :class:`DoubleQLoss` and TorchRL's ``SACLoss`` expect.
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> q = make_q_network(3, 2, num_cells=(16, 16))
+        >>> td = TensorDict(observation=torch.randn(4, 3), action=torch.rand(4, 2), batch_size=[4])
+        >>> td = q(td)
+        >>> td["state_action_value"].shape
+        torch.Size([4, 1])
+    """
+    mlp = MLP(
+        in_features=observation_dim + action_dim,
+        out_features=1,
+        num_cells=list(num_cells),
+        activation_class=nn.ReLU,
+    )
+    return ValueOperator(mlp, in_keys=[observation_key, action_key])
