@@ -8,7 +8,7 @@ plain building blocks around them.
 from dqs_torchrl.actor import DiffusionActor
 from dqs_torchrl.energy import EnergyCritic, squash, tanh_log_jacobian, unsquash
 from dqs_torchrl.networks import ScoreNetwork, SinusoidalEmbedding, make_q_network
-from dqs_torchrl.objectives import DoubleQLoss, IDEMScoreLoss
+from dqs_torchrl.objectives import DoubleQLoss, DQSLoss, IDEMScoreLoss
 from dqs_torchrl.samplers import (
     SAMPLERS,
     sample_ancestral,
@@ -24,6 +24,7 @@ __all__ = [
     "IDEMScoreLoss",
     "DoubleQLoss",
     "TemperatureScheduler",
+    "DQSLoss",
     "ScoreNetwork",
     "SinusoidalEmbedding",
     "make_q_network",

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
-from tensordict import TensorDict, TensorDictBase
-from tensordict.nn import TensorDictModuleBase, TensorDictParams
-from torch import Tensor
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from torch import Tensor, nn
 from torchrl.data import Bounded, Composite, TensorSpec
 from torchrl.envs.utils import ExplorationType, exploration_type
 
-from dqs_torchrl.energy import squash
+from dqs_torchrl.energy import squash, unsquash
 from dqs_torchrl.networks import ScoreNetwork
 from dqs_torchrl.samplers import SAMPLERS, tweedie_denoise
 from dqs_torchrl.schedules import GeometricSchedule, geometric_sigmas, karras_sigmas
@@ -48,6 +49,16 @@ def _box_bounds(action_spec: TensorSpec, action_key: str) -> tuple[Tensor, Tenso
     return low, high
 
 
+def _frozen_copy(module: nn.Module) -> nn.Module:
+    """A deep copy whose parameters are turned into buffers: averaged, never optimised."""
+    clone = copy.deepcopy(module)
+    for sub in clone.modules():
+        for name, param in list(sub._parameters.items()):
+            del sub._parameters[name]
+            sub.register_buffer(name, None if param is None else param.detach().clone())
+    return clone
+
+
 class DiffusionActor(TensorDictModuleBase):
     """A diffusion policy sampling the Boltzmann distribution ``pi(a|s) ∝ exp(Q(s, a)/T)``.
 
@@ -82,8 +93,8 @@ class DiffusionActor(TensorDictModuleBase):
         denoise: finish with one Tweedie step ``x + sigma_end^2 score(x, sigma_end)``.
         temperature: initial temperature ``T > 0``.
         ema: keep an exponential moving average of the score-network weights and sample with
-            it. The average lives in :attr:`ema_params`; ``SoftUpdate(IDEMScoreLoss(...))``
-            updates it like a target network.
+            it. The average is :attr:`ema_network` (a copy holding buffers, not parameters);
+            ``SoftUpdate(IDEMScoreLoss(...))`` updates it like a target network.
 
     Examples:
         >>> from tensordict import TensorDict
@@ -140,11 +151,7 @@ class DiffusionActor(TensorDictModuleBase):
         self.register_buffer("low", low)
         self.register_buffer("high", high)
         self.register_buffer("temperature", torch.tensor(check_temperature(temperature)))
-        self.ema_params = (
-            TensorDictParams(TensorDict.from_module(score_network).data.clone(), no_convert=True)
-            if ema
-            else None
-        )
+        self.ema_network = _frozen_copy(score_network) if ema else None
         self.observation_key, self.temperature_key = observation_key, temperature_key
         self.action_key, self.raw_action_key = action_key, raw_action_key
         self.in_keys = [observation_key]
@@ -184,11 +191,7 @@ class DiffusionActor(TensorDictModuleBase):
             x = self.schedule.sigma_max * torch.randn(
                 shape, generator=generator, device=obs.device, dtype=obs.dtype
             )
-        if self.ema_params is not None:
-            with self.ema_params.to_module(self.score_network):
-                x = self._integrate(obs, temp, x, deterministic, generator)
-        else:
-            x = self._integrate(obs, temp, x, deterministic, generator)
+        x = self._integrate(obs, temp, x, deterministic, generator)
         x = x.reshape(*batch_shape, -1)
         return self.squash(x), x
 
@@ -200,7 +203,7 @@ class DiffusionActor(TensorDictModuleBase):
         deterministic: bool,
         generator: torch.Generator | None,
     ) -> Tensor:
-        net = self.score_network
+        net = self.score_network if self.ema_network is None else self.ema_network
         sigmas = self.sigmas
         # (s, T) and tau features are computed once per call; each step only pays for x.
         condition = net.condition(obs, temp)
@@ -233,6 +236,18 @@ class DiffusionActor(TensorDictModuleBase):
 
         return score_fn
 
+    def fill_latent_action(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """Add the latent ``action_raw`` to data whose actions came from elsewhere.
+
+        Random warm-up frames (``Collector(init_random_frames=...)``) carry only ``action``:
+        use this as the collector's ``postproc`` so every transition in the replay buffer has
+        its latent (``atanh`` of the rescaled action, clipped away from the box faces).
+        """
+        if self.raw_action_key not in tensordict.keys():
+            action = tensordict.get(self.action_key)
+            tensordict.set(self.raw_action_key, unsquash(action, self.low, self.high))
+        return tensordict
+
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         observation = tensordict.get(self.observation_key)
         temperature = tensordict.get(self.temperature_key, None)
@@ -245,5 +260,5 @@ class DiffusionActor(TensorDictModuleBase):
     def extra_repr(self) -> str:
         return (
             f"sampler={self.sampler}, num_steps={self.num_steps}, spacing={self.spacing}, "
-            f"denoise={self.denoise}, {self.schedule}, ema={self.ema_params is not None}"
+            f"denoise={self.denoise}, {self.schedule}, ema={self.ema_network is not None}"
         )

@@ -126,8 +126,10 @@ class IDEMScoreLoss(LossModule):
         self.score_network_params = TensorDictParams(
             TensorDict.from_module(actor_network.score_network)
         )
-        if actor_network.ema_params is not None:
-            self.target_score_network_params = actor_network.ema_params
+        if actor_network.ema_network is not None:
+            self.target_score_network_params = TensorDictParams(
+                TensorDict.from_module(actor_network.ema_network), no_convert=True
+            )
             self._has_update_associated["score_network"] = False
 
     @property

@@ -1,0 +1,76 @@
+"""Environment factories with the usual TorchRL transforms."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "disable")  # headless: silence GLFW's display warning
+
+from torchrl.envs import (  # noqa: E402
+    CatTensors,
+    Compose,
+    DMControlEnv,
+    DoubleToFloat,
+    RewardSum,
+    StepCounter,
+    TransformedEnv,
+)
+from torchrl.envs.libs.dm_control import _has_dmc  # noqa: E402
+
+__all__ = ["make_dmc_env", "split_task"]
+
+
+def split_task(task: str) -> tuple[str, str]:
+    """``"cheetah-run"`` -> ``("cheetah", "run")``; ``ValueError`` for an unknown task.
+
+    Examples:
+        >>> split_task("cheetah-run")
+        ('cheetah', 'run')
+    """
+    from dm_control import suite
+
+    domain, sep, name = task.partition("-")
+    # Task names may contain underscores (e.g. "ball_in_cup-catch"), never dashes.
+    if not sep or (domain, name) not in suite.ALL_TASKS:
+        known = ", ".join(f"{d}-{t}" for d, t in suite.ALL_TASKS)
+        raise ValueError(
+            f"env.task must be a dm_control 'domain-task', got {task!r}; known: {known}."
+        )
+    return domain, name
+
+
+def make_dmc_env(
+    task: str = "cheetah-run",
+    seed: int | None = None,
+    device: str = "cpu",
+    max_episode_steps: int | None = None,
+) -> TransformedEnv:
+    """A state-based dm_control task with observations concatenated into ``"observation"``.
+
+    Transforms: ``CatTensors`` (all state entries -> ``observation``), ``DoubleToFloat``,
+    ``StepCounter`` (optionally truncating at ``max_episode_steps``) and ``RewardSum``
+    (``episode_reward``). dm_control's 1000-step limit arrives as ``truncated``, so TD targets
+    bootstrap through it.
+
+    Examples:
+        >>> env = make_dmc_env("cartpole-balance", seed=0)
+        >>> env.observation_spec["observation"].shape
+        torch.Size([5])
+    """
+    if not _has_dmc:
+        raise ImportError("dm_control is not installed: pip install dm_control==1.0.50")
+    domain, name = split_task(task)
+    base = DMControlEnv(domain, name, device=device)
+    obs_keys = [k for k in base.observation_spec.keys() if k != "pixels"]
+    env = TransformedEnv(
+        base,
+        Compose(
+            CatTensors(in_keys=obs_keys, out_key="observation", del_keys=True),
+            DoubleToFloat(),
+            StepCounter(max_steps=max_episode_steps),
+            RewardSum(),
+        ),
+    )
+    if seed is not None:
+        env.set_seed(seed)
+    return env
