@@ -8,7 +8,7 @@ plain building blocks around them.
 from dqs_torchrl.actor import DiffusionActor
 from dqs_torchrl.energy import EnergyCritic, squash, tanh_log_jacobian, unsquash
 from dqs_torchrl.networks import ScoreNetwork, SinusoidalEmbedding, make_q_network
-from dqs_torchrl.objectives import DoubleQLoss, DQSLoss, IDEMScoreLoss
+from dqs_torchrl.objectives import DoubleQLoss, DQSLoss, IDEMScoreLoss, QSMLoss
 from dqs_torchrl.samplers import (
     SAMPLERS,
     sample_ancestral,
@@ -25,6 +25,7 @@ __all__ = [
     "DoubleQLoss",
     "TemperatureScheduler",
     "DQSLoss",
+    "QSMLoss",
     "ScoreNetwork",
     "SinusoidalEmbedding",
     "make_q_network",

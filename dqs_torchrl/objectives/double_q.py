@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from tensordict.nn import TensorDictModule
+from tensordict.nn import TensorDictModule, TensorDictParams
 from tensordict.utils import NestedKey
 from torch import Tensor
 from torchrl.envs.utils import ExplorationType, set_exploration_type
@@ -101,6 +101,9 @@ class DoubleQLoss(LossModule):
         terminated: NestedKey = "terminated"
 
     tensor_keys: _AcceptedKeys
+    qvalue_network: TensorDictModule
+    qvalue_network_params: TensorDictParams
+    target_qvalue_network_params: TensorDictParams
     default_keys = _AcceptedKeys
     default_value_estimator = ValueEstimators.TD0
     _schedulable_buffers = frozenset({"temperature"})

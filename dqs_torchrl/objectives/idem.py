@@ -140,16 +140,19 @@ class IDEMScoreLoss(LossModule):
     def out_keys(self) -> list[str]:
         return ["loss_actor", "score_target_norm", "ess", "clip_fraction"]
 
+    def q_value(self, observation: Tensor, action: Tensor) -> Tensor:
+        """The critic's ``Q(s, a)``, ``[*batch]`` (min of the live ensemble for ``DoubleQLoss``)."""
+        if isinstance(self.critic, DoubleQLoss):
+            return self.critic.min_q(observation, action).squeeze(-1)
+        k = self.tensor_keys
+        td = TensorDict(
+            {k.observation: observation, k.action: action}, batch_size=action.shape[:-1]
+        )
+        return self.critic(td).get(k.state_action_value).squeeze(-1)
+
     def log_density(self, observation: Tensor, x: Tensor) -> Tensor:
         """Unnormalised latent log-density ``-E(s, x)`` of the Boltzmann policy, ``[*batch]``."""
-        action = self.actor_network.squash(x)
-        if isinstance(self.critic, DoubleQLoss):
-            q = self.critic.min_q(observation, action)
-        else:
-            k = self.tensor_keys
-            td = TensorDict({k.observation: observation, k.action: action}, batch_size=x.shape[:-1])
-            q = self.critic(td).get(k.state_action_value)
-        log_p = q.squeeze(-1) / self.temperature
+        log_p = self.q_value(observation, self.actor_network.squash(x)) / self.temperature
         if self.tanh_correction:
             log_p = log_p + tanh_log_jacobian(x)
         return log_p

@@ -1,0 +1,226 @@
+"""The three agents of the recipes — DQS, SAC and QSM — behind one small interface."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from tensordict import TensorDictBase
+from tensordict.nn import NormalParamExtractor, TensorDictModule, TensorDictModuleBase
+from torch import nn
+from torchrl.envs import EnvBase
+from torchrl.modules import MLP, ProbabilisticActor, TanhNormal
+from torchrl.objectives import LossModule, SACLoss, SoftUpdate
+
+from dqs_torchrl.actor import DiffusionActor
+from dqs_torchrl.networks import ScoreNetwork, make_q_network
+from dqs_torchrl.objectives import DoubleQLoss, IDEMScoreLoss, QSMLoss
+from dqs_torchrl.temperature import TemperatureScheduler
+
+__all__ = ["Agent", "NonFiniteLossError", "make_agent", "make_sac"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss or score target became NaN or infinite; training must stop."""
+
+
+class Agent:
+    """Networks, losses, optimisers and target updaters of one algorithm.
+
+    ``policy`` acts in the environment; :meth:`update` does one gradient step on a replay
+    batch (every loss in ``losses`` with its own optimiser, then every target updater) and
+    returns scalar metrics; :meth:`state_dict` holds everything a checkpoint needs.
+    """
+
+    def __init__(
+        self,
+        policy: TensorDictModuleBase,
+        losses: dict[str, tuple[LossModule, str]],
+        optimizers: dict[str, torch.optim.Optimizer],
+        updaters: list[SoftUpdate],
+        clip_norm: float | None,
+        scheduler: TemperatureScheduler | None = None,
+        postproc: Any = None,
+    ) -> None:
+        self.policy = policy
+        self.losses = losses
+        self.optimizers = optimizers
+        self.updaters = updaters
+        self.clip_norm = clip_norm
+        self.scheduler = scheduler
+        self.postproc = postproc
+        self.num_updates = 0
+
+    def update(self, batch: TensorDictBase) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for name, (loss_module, loss_key) in self.losses.items():
+            out = loss_module(batch)
+            loss = (
+                out[loss_key]
+                if loss_key
+                else sum(v for k, v in out.items() if k.startswith("loss"))
+            )
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"non-finite {name} loss ({loss_key or 'sum'} = {loss.item()}) at update "
+                    f"{self.num_updates}; stopping before the optimiser step."
+                )
+            optimizer = self.optimizers[name]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.clip_norm is not None:
+                params = [p for group in optimizer.param_groups for p in group["params"]]
+                torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
+            optimizer.step()
+            metrics.update({k: v.item() for k, v in out.items() if v.numel() == 1})
+        for updater in self.updaters:
+            updater.step()
+        self.num_updates += 1
+        return metrics
+
+    def step_frames(self, frames: int) -> None:
+        if self.scheduler is not None:
+            self.scheduler.step(frames)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {name: loss for name, (loss, _) in self.losses.items()} | {"policy": self.policy}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "modules": {k: m.state_dict() for k, m in self.modules().items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "num_updates": self.num_updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, m in self.modules().items():
+            m.load_state_dict(state["modules"][k])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.num_updates = int(state["num_updates"])
+
+
+def _dims(env: EnvBase) -> tuple[int, int]:
+    return env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
+
+
+def _diffusion_actor(cfg: DictConfig, env: EnvBase) -> DiffusionActor:
+    obs_dim, act_dim = _dims(env)
+    a = cfg.algo
+    return DiffusionActor(
+        ScoreNetwork(obs_dim, act_dim, a.score_cells, a.embedding_dim),
+        env.action_spec,
+        sigma_min=a.sigma_min,
+        sigma_max=a.sigma_max,
+        num_steps=a.num_steps,
+        sampler=a.sampler,
+        spacing=a.spacing,
+        sigma_end=a.sigma_end,
+        denoise=a.denoise,
+        temperature=a.temperature.initial,
+        ema=a.ema,
+    )
+
+
+def _diffusion_agent(cfg: DictConfig, env: EnvBase, qsm: bool) -> Agent:
+    obs_dim, act_dim = _dims(env)
+    a, o = cfg.algo, cfg.optim
+    actor = _diffusion_actor(cfg, env)
+    qloss = DoubleQLoss(actor, make_q_network(obs_dim, act_dim, a.q_cells))
+    qloss.make_value_estimator(gamma=o.gamma)
+    if qsm:
+        aloss = QSMLoss(actor, qloss, scale=a.qsm_scale, max_score_norm=a.max_score_norm)
+        targets = [actor, qloss]
+    else:
+        aloss = IDEMScoreLoss(
+            actor,
+            qloss,
+            num_mc_samples=a.num_mc_samples,
+            max_score_norm=a.max_score_norm,
+            tanh_correction=a.tanh_correction,
+        )
+        targets = [actor, qloss, aloss]
+    t = a.temperature
+    scheduler = TemperatureScheduler(
+        targets,
+        schedule=t.schedule,
+        initial=t.initial,
+        final=t.final,
+        total_frames=cfg.collector.total_frames,
+    )
+    updaters = [SoftUpdate(qloss, tau=o.tau)]
+    if a.ema:
+        updaters.append(SoftUpdate(aloss, tau=a.ema_tau))
+    return Agent(
+        policy=actor,
+        losses={"critic": (qloss, "loss_qvalue"), "actor": (aloss, "loss_actor")},
+        optimizers={
+            "critic": torch.optim.Adam(qloss.parameters(), lr=o.lr),
+            "actor": torch.optim.Adam(actor.score_network.parameters(), lr=o.lr),
+        },
+        updaters=updaters,
+        clip_norm=o.clip_norm,
+        scheduler=scheduler,
+        postproc=actor.fill_latent_action,
+    )
+
+
+def make_sac(
+    env: EnvBase, num_cells: tuple[int, ...] = (256, 256), gamma: float = 0.99
+) -> tuple[ProbabilisticActor, SACLoss]:
+    """TorchRL's SAC (tanh-Gaussian actor, two critics, automatic entropy tuning)."""
+    obs_dim, act_dim = _dims(env)
+    spec = env.action_spec
+    net = nn.Sequential(
+        MLP(
+            in_features=obs_dim,
+            out_features=2 * act_dim,
+            num_cells=list(num_cells),
+            activation_class=nn.ReLU,
+        ),
+        NormalParamExtractor(),
+    )
+    actor = ProbabilisticActor(
+        TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"]),
+        in_keys=["loc", "scale"],
+        spec=spec,
+        distribution_class=TanhNormal,
+        distribution_kwargs={"low": spec.space.low, "high": spec.space.high},
+        return_log_prob=False,
+    )
+    loss = SACLoss(
+        actor,
+        make_q_network(obs_dim, act_dim, num_cells),
+        num_qvalue_nets=2,
+        action_spec=spec,
+        target_entropy="auto",
+        alpha_init=1.0,
+    )
+    loss.make_value_estimator(gamma=gamma)
+    return actor, loss
+
+
+def _sac_agent(cfg: DictConfig, env: EnvBase) -> Agent:
+    o = cfg.optim
+    actor, loss = make_sac(env, tuple(cfg.algo.q_cells), o.gamma)
+    return Agent(
+        policy=actor,
+        losses={"sac": (loss, "")},
+        optimizers={"sac": torch.optim.Adam(loss.parameters(), lr=o.lr)},
+        updaters=[SoftUpdate(loss, tau=o.tau)],
+        clip_norm=o.clip_norm,
+    )
+
+
+def make_agent(cfg: DictConfig, env: EnvBase) -> Agent:
+    """Build the agent named by ``cfg.algo.name`` (``dqs``, ``sac`` or ``qsm``) for ``env``."""
+    name = cfg.algo.name
+    if name == "sac":
+        return _sac_agent(cfg, env)
+    if name in ("dqs", "qsm"):
+        return _diffusion_agent(cfg, env, qsm=name == "qsm")
+    raise ValueError(f"algo.name must be one of dqs, sac, qsm; got {name!r}.")

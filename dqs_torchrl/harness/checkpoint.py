@@ -1,0 +1,77 @@
+"""Checkpoints written atomically, rotated, and loaded with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint"]
+
+FORMAT = "dqs-torchrl/1"
+_NAME = re.compile(r"^ckpt_(\d{12})\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is truncated, foreign or otherwise unreadable."""
+
+
+def save_checkpoint(
+    state: dict[str, Any], directory: str | Path, frames: int, keep_last: int = 3
+) -> Path:
+    """Write ``state`` to ``directory/ckpt_<frames>.pt`` atomically; keep the newest ``keep_last``.
+
+    The file is written to a temporary name in the same directory, flushed to disk and then
+    renamed over the target, so a crash mid-save leaves every earlier checkpoint intact.
+
+    Examples:
+        >>> d = tempfile.mkdtemp()
+        >>> p = save_checkpoint({"w": torch.ones(2)}, d, frames=10)
+        >>> load_checkpoint(p)["w"]
+        tensor([1., 1.])
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"ckpt_{frames:012d}.pt"
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_ckpt_")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, "frames": frames, "state": state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    for old in sorted(_checkpoints(directory))[:-keep_last]:
+        old.unlink()
+    return target
+
+
+def _checkpoints(directory: Path) -> list[Path]:
+    return [p for p in directory.glob("ckpt_*.pt") if _NAME.match(p.name)]
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The newest checkpoint in ``directory`` (by frame count), or ``None``."""
+    found = sorted(_checkpoints(Path(directory))) if Path(directory).is_dir() else []
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
+
+    Raises :class:`CheckpointError` naming the file for a truncated, corrupt or foreign file.
+    """
+    path = Path(path)
+    try:
+        blob = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # torch raises several types for truncated/corrupt zips
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a dqs-torchrl checkpoint (expected format {FORMAT}).")
+    return blob["state"]

@@ -1,0 +1,118 @@
+"""Up-front validation of recipe configs: every error names the field and what is allowed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig
+
+from dqs_torchrl.samplers import SAMPLERS
+
+__all__ = ["ConfigError", "validate_config"]
+
+_SPACINGS = ("geometric", "karras")
+_SCHEDULES = ("constant", "exponential", "linear")
+_LOGGERS = ("csv", "wandb", "tensorboard")
+
+
+class ConfigError(ValueError):
+    """An invalid recipe configuration, caught before any training."""
+
+
+def _get(cfg: DictConfig, field: str) -> Any:
+    node: Any = cfg
+    for part in field.split("."):
+        if part not in node:
+            raise ConfigError(f"config field {field!r} is missing.")
+        node = node[part]
+    return node
+
+
+def _int(cfg: DictConfig, field: str, low: int) -> None:
+    value = _get(cfg, field)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{field} must be an integer >= {low}, got {value!r}.")
+
+
+def _num(
+    cfg: DictConfig,
+    field: str,
+    low: float,
+    high: float = float("inf"),
+    low_open: bool = True,
+    optional: bool = False,
+) -> None:
+    value = _get(cfg, field)
+    if value is None and optional:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise ConfigError(f"{field} must be a number in {bracket}{low}, {high}], got {value!r}.")
+
+
+def _choice(cfg: DictConfig, field: str, allowed: tuple[str, ...]) -> None:
+    value = _get(cfg, field)
+    if value not in allowed:
+        raise ConfigError(f"{field} must be one of {', '.join(allowed)}; got {value!r}.")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for the first invalid field of a recipe config.
+
+    Examples:
+        >>> from omegaconf import OmegaConf
+        >>> cfg = OmegaConf.create({"seed": -1})
+        >>> validate_config(cfg)
+        Traceback (most recent call last):
+        ...
+        dqs_torchrl.harness.config.ConfigError: seed must be an integer >= 0, got -1.
+    """
+    _int(cfg, "seed", 0)
+    _choice(cfg, "env.suite", ("dmc", "maze"))
+    if cfg.env.suite == "dmc":
+        from dqs_torchrl.envs import split_task
+
+        try:
+            split_task(_get(cfg, "env.task"))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    if _get(cfg, "env.max_episode_steps") is not None:
+        _int(cfg, "env.max_episode_steps", 1)
+    _int(cfg, "collector.total_frames", 1)
+    _int(cfg, "collector.init_random_frames", 0)
+    _int(cfg, "collector.frames_per_batch", 1)
+    _int(cfg, "buffer.batch_size", 1)
+    _int(cfg, "buffer.size", cfg.buffer.batch_size)
+    _num(cfg, "optim.lr", 0.0)
+    _num(cfg, "optim.gamma", 0.0, 1.0)
+    _num(cfg, "optim.tau", 0.0, 1.0)
+    _num(cfg, "optim.utd_ratio", 0.0)
+    _num(cfg, "optim.clip_norm", 0.0, optional=True)
+    _int(cfg, "eval.interval_frames", 1)
+    _int(cfg, "eval.episodes", 1)
+    _choice(cfg, "logger.backend", _LOGGERS)
+    _int(cfg, "checkpoint.interval_frames", 1)
+    _int(cfg, "checkpoint.keep_last", 1)
+    _choice(cfg, "algo.name", ("dqs", "sac", "qsm"))
+    if cfg.algo.name == "sac":
+        return
+    a = "algo."
+    _int(cfg, a + "num_steps", 1)
+    _int(cfg, a + "num_mc_samples", 1)
+    _int(cfg, a + "score_cells", 1)
+    _int(cfg, a + "embedding_dim", 2)
+    _num(cfg, a + "sigma_min", 0.0)
+    _num(cfg, a + "sigma_max", cfg.algo.sigma_min)
+    _num(
+        cfg, a + "sigma_end", cfg.algo.sigma_min, cfg.algo.sigma_max, low_open=False, optional=True
+    )
+    _choice(cfg, a + "sampler", tuple(SAMPLERS))
+    _choice(cfg, a + "spacing", _SPACINGS)
+    _num(cfg, a + "max_score_norm", 0.0, optional=True)
+    _num(cfg, a + "ema_tau", 0.0, 1.0)
+    _num(cfg, a + "qsm_scale", 0.0)
+    _choice(cfg, a + "temperature.schedule", _SCHEDULES)
+    _num(cfg, a + "temperature.initial", 0.0)
+    _num(cfg, a + "temperature.final", 0.0, optional=cfg.algo.temperature.schedule == "constant")

@@ -1,0 +1,265 @@
+"""The training loop every recipe shares: collect, store, update, evaluate, log, checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tensordict import TensorDict
+from torchrl.collectors import Collector
+from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.envs import EnvBase
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.record.loggers import get_logger
+from tqdm.auto import tqdm
+
+from dqs_torchrl.harness.agents import Agent, NonFiniteLossError, make_agent
+from dqs_torchrl.harness.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from dqs_torchrl.harness.config import validate_config
+from dqs_torchrl.harness.plotting import plot_learning_curve
+
+__all__ = ["train", "make_env", "evaluate"]
+
+log = logging.getLogger(__name__)
+
+
+def make_env(cfg: DictConfig, seed: int) -> EnvBase:
+    """The environment named by ``cfg.env`` (dm_control task or the two-goal maze)."""
+    if cfg.env.suite == "maze":
+        from dqs_torchrl.maze import make_maze_env
+
+        return make_maze_env(seed=seed, max_episode_steps=cfg.env.max_episode_steps)
+    from dqs_torchrl.envs import make_dmc_env
+
+    return make_dmc_env(cfg.env.task, seed=seed, max_episode_steps=cfg.env.max_episode_steps)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def evaluate(
+    env: EnvBase, policy: Any, episodes: int, deterministic: bool, max_steps: int = 1000
+) -> tuple[list[float], list[torch.Tensor]]:
+    """Run ``episodes`` episodes; return their returns and their observation trajectories."""
+    mode = ExplorationType.DETERMINISTIC if deterministic else ExplorationType.RANDOM
+    returns, trajectories = [], []
+    with torch.no_grad(), set_exploration_type(mode):
+        for _ in range(episodes):
+            rollout = env.rollout(max_steps, policy, break_when_any_done=True)
+            returns.append(rollout["next", "reward"].sum().item())
+            trajectories.append(
+                torch.cat([rollout["observation"][:1], rollout["next", "observation"]])
+            )
+    return returns, trajectories
+
+
+def _buffer_state(buffer: TensorDictReplayBuffer) -> dict[str, Any]:
+    n = len(buffer)
+    data = buffer.storage[:n] if n else TensorDict()
+    return {"data": data.to_dict(), "cursor": buffer._writer._cursor}
+
+
+def _load_buffer(buffer: TensorDictReplayBuffer, state: dict[str, Any]) -> None:
+    if state["data"]:
+        data = TensorDict.from_dict(state["data"])
+        buffer.extend(data)
+    buffer._writer._cursor = state["cursor"]
+
+
+class _EvalLog:
+    """``eval.csv`` in the run directory: one row per evaluation, kept across resumes."""
+
+    def __init__(self, path: Path, resume_frames: int) -> None:
+        self.path = path
+        if path.exists():  # drop rows past the checkpoint we resume from
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(float(r["frames"])) <= resume_frames]
+            self._write(rows, mode="w")
+
+    def _write(self, rows: list[dict[str, Any]], mode: str) -> None:
+        if not rows:
+            if mode == "w":
+                self.path.unlink(missing_ok=True)
+            return
+        new = mode == "w" or not self.path.exists()
+        with open(self.path, mode if not new else "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+
+    def append(self, row: dict[str, Any]) -> None:
+        self._write([row], mode="a")
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Train the agent of ``cfg`` in ``run_dir``; resume from its last checkpoint if asked.
+
+    Returns a summary: frames, updates, the last evaluation, and the paths written.
+    """
+    validate_config(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = run_dir / "checkpoints"
+    OmegaConf.save(cfg, run_dir / "config.yaml")
+    seed_everything(cfg.seed)
+
+    env = make_env(cfg, cfg.seed)
+    eval_env = make_env(cfg, cfg.seed + 10_000)
+    agent = make_agent(cfg, env)
+    buffer = TensorDictReplayBuffer(
+        storage=LazyTensorStorage(cfg.buffer.size), batch_size=cfg.buffer.batch_size
+    )
+
+    frames = 0
+    if cfg.resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
+        state = load_checkpoint(ckpt)
+        agent.load_state_dict(state["agent"])
+        _load_buffer(buffer, state["buffer"])
+        frames = int(state["frames"])
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resumed from %s at %d frames", ckpt, frames)
+    eval_log = _EvalLog(run_dir / "eval.csv", frames)
+    logger = get_logger(
+        cfg.logger.backend,
+        logger_name=str(run_dir / "logs"),
+        experiment_name=f"{cfg.algo.name}_{cfg.env.task}_s{cfg.seed}",
+        **(
+            {"wandb_kwargs": {"offline": True, "project": cfg.logger.project}}
+            if cfg.logger.backend == "wandb"
+            else {}
+        ),
+    )
+
+    total = cfg.collector.total_frames
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "frames": frames}
+    if frames >= total:
+        return summary
+    collector = Collector(
+        env,
+        agent.policy,
+        frames_per_batch=cfg.collector.frames_per_batch,
+        total_frames=total - frames,
+        init_random_frames=max(0, cfg.collector.init_random_frames - frames),
+        postproc=agent.postproc,
+        auto_register_policy_transforms=False,
+    )
+    next_eval = (frames // cfg.eval.interval_frames + 1) * cfg.eval.interval_frames
+    next_ckpt = (frames // cfg.checkpoint.interval_frames + 1) * cfg.checkpoint.interval_frames
+    debt = 0.0  # fractional updates owed by utd_ratio
+    metrics: dict[str, float] = {}
+    last_eval: float | None = None
+    bar = tqdm(
+        total=total, initial=frames, unit="frame", disable=not cfg.progress_bar, dynamic_ncols=True
+    )
+    try:
+        for batch in collector:
+            batch = batch.reshape(-1)
+            buffer.extend(batch)
+            frames += batch.numel()
+            agent.step_frames(batch.numel())
+            if frames > cfg.collector.init_random_frames:
+                debt += batch.numel() * cfg.optim.utd_ratio
+                while debt >= 1:
+                    debt -= 1
+                    try:
+                        metrics = agent.update(buffer.sample())
+                    except NonFiniteLossError as err:
+                        snap = run_dir / "diagnostics" / f"nonfinite_{frames:012d}.pt"
+                        snap.parent.mkdir(exist_ok=True)
+                        torch.save({"frames": frames, "agent": agent.state_dict()}, snap)
+                        raise NonFiniteLossError(
+                            f"{err} frames={frames}. Diagnostic snapshot: {snap}; the last "
+                            f"good checkpoint in {ckpt_dir} is untouched."
+                        ) from None
+            done = batch["next", "done"].squeeze(-1)
+            if done.any():
+                logger.log_scalar(
+                    "train/episode_return",
+                    batch["next", "episode_reward"][done].mean().item(),
+                    frames,
+                )
+            for key, value in metrics.items():
+                logger.log_scalar(f"train/{key}", value, frames)
+            if agent.scheduler is not None:
+                logger.log_scalar("train/temperature", agent.scheduler.value, frames)
+            if frames >= next_eval or frames >= total:
+                next_eval += cfg.eval.interval_frames
+                last_eval = _evaluate_and_plot(
+                    cfg, eval_env, agent, frames, run_dir, eval_log, logger
+                )
+                summary["eval"] = last_eval
+            if frames >= next_ckpt or frames >= total:
+                next_ckpt += cfg.checkpoint.interval_frames
+                save_checkpoint(
+                    {
+                        "agent": agent.state_dict(),
+                        "buffer": _buffer_state(buffer),
+                        "frames": frames,
+                        "torch_rng": torch.get_rng_state(),
+                    },
+                    ckpt_dir,
+                    frames,
+                    keep_last=cfg.checkpoint.keep_last,
+                )
+            bar.update(batch.numel())
+            bar.set_postfix(
+                eval=f"{last_eval:.1f}" if last_eval is not None else "-",
+                updates=agent.num_updates,
+                refresh=False,
+            )
+    finally:
+        bar.close()
+        collector.shutdown()
+    summary.update(
+        frames=frames,
+        updates=agent.num_updates,
+        eval_csv=str(run_dir / "eval.csv"),
+        curve=str(run_dir / "learning_curve.png"),
+    )
+    return summary
+
+
+def _evaluate_and_plot(
+    cfg: DictConfig,
+    env: EnvBase,
+    agent: Agent,
+    frames: int,
+    run_dir: Path,
+    eval_log: _EvalLog,
+    logger: Any,
+) -> float:
+    returns, trajectories = evaluate(env, agent.policy, cfg.eval.episodes, cfg.eval.deterministic)
+    row: dict[str, Any] = {
+        "frames": frames,
+        "return_mean": float(np.mean(returns)),
+        "return_min": float(np.min(returns)),
+        "return_max": float(np.max(returns)),
+    }
+    if cfg.env.suite == "maze":
+        from dqs_torchrl.maze import count_outcomes, plot_trajectories
+
+        xy = [t[:, :2] for t in trajectories]
+        row.update({f"episodes_{k}": v for k, v in count_outcomes(xy).items()})
+        plot_trajectories(
+            xy, run_dir / "trajectories.png", title=f"{cfg.algo.name}, {frames} frames"
+        )
+    eval_log.append(row)
+    for key, value in row.items():
+        if key != "frames":
+            logger.log_scalar(f"eval/{key}", value, frames)
+    plot_learning_curve(
+        eval_log.path,
+        run_dir / "learning_curve.png",
+        title=f"{cfg.algo.name} on {cfg.env.task}, seed {cfg.seed}",
+    )
+    return row["return_mean"]

@@ -1,0 +1,46 @@
+"""Learning curves written next to the logs (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["read_eval_csv", "plot_learning_curve"]
+
+
+def read_eval_csv(path: str | Path) -> dict[str, list[float]]:
+    """Columns of an ``eval.csv`` written by the harness, as lists of floats."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    return {k: [float(r[k]) for r in rows] for k in rows[0]}
+
+
+def plot_learning_curve(eval_csv: str | Path, path: str | Path, title: str = "") -> Path:
+    """Plot evaluation return (mean, with min/max over episodes) against frames."""
+    data = read_eval_csv(eval_csv)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    if data:
+        ax.plot(data["frames"], data["return_mean"], marker="o", label="mean")
+        ax.fill_between(
+            data["frames"],
+            data["return_min"],
+            data["return_max"],
+            alpha=0.25,
+            label="min/max over episodes",
+        )
+        ax.legend(loc="best")
+    ax.set_xlabel("environment frames")
+    ax.set_ylabel("evaluation return")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
