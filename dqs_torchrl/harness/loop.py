@@ -65,12 +65,12 @@ def evaluate(
 def _buffer_state(buffer: TensorDictReplayBuffer) -> dict[str, Any]:
     n = len(buffer)
     data = buffer.storage[:n] if n else TensorDict()
-    return {"data": data.to_dict(), "cursor": buffer._writer._cursor}
+    return {"data": data.to_dict(), "length": n, "cursor": buffer._writer._cursor}
 
 
 def _load_buffer(buffer: TensorDictReplayBuffer, state: dict[str, Any]) -> None:
     if state["data"]:
-        data = TensorDict.from_dict(state["data"])
+        data = TensorDict.from_dict(state["data"], batch_size=[state["length"]])
         buffer.extend(data)
     buffer._writer._cursor = state["cursor"]
 
