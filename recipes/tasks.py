@@ -1,6 +1,6 @@
 """Print the paper's eight DMC tasks, comma-separated, for hydra sweeps.
 
-    python recipes/dqs_dmc.py -m "env.task=$(python recipes/tasks.py)" seed=0,1,2
+python recipes/dqs_dmc.py -m "env.task=$(python recipes/tasks.py)" seed=0,1,2
 """
 
 from pathlib import Path

@@ -16,8 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_recipe(recipe: str, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, MUJOCO_GL="disable", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, str(ROOT / "recipes" / recipe), "+preset=smoke",
-           f"hydra.run.dir={run_dir}", *overrides]
+    cmd = [
+        sys.executable,
+        str(ROOT / "recipes" / recipe),
+        "+preset=smoke",
+        f"hydra.run.dir={run_dir}",
+        *overrides,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -44,6 +49,29 @@ def test_dmc_recipe_smoke(tmp_path, algo):
     assert len(list((tmp_path / "checkpoints").glob("ckpt_*.pt"))) == 3  # keep_last
 
 
+@pytest.mark.parametrize("algo", ["dqs", "sac", "qsm"])
+def test_maze_recipe_smoke(tmp_path, algo):
+    proc = run_recipe("dqs_maze.py", tmp_path, f"algo={algo}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = eval_rows(tmp_path)
+    assert [int(r["frames"]) for r in rows] == [150, 300]
+    outcome_keys = [k for k in rows[0] if k.startswith("episodes_")]
+    assert sorted(outcome_keys) == [
+        "episodes_bottom_right",
+        "episodes_none",
+        "episodes_top_left_via_left",
+        "episodes_top_left_via_upper",
+    ]
+    for row in rows:  # every evaluation episode is counted exactly once
+        assert sum(int(row[k]) for k in outcome_keys) == 2
+    assert (tmp_path / "trajectories.png").stat().st_size > 1000
+    assert (tmp_path / "learning_curve.png").stat().st_size > 1000
+    state = load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))
+    assert state["frames"] == 300
+    if algo != "sac":  # exponential 10 -> 1 over the run's 300 frames
+        assert state["agent"]["scheduler"]["frames"] == 300
+
+
 def test_resume_continues_from_checkpoint(tmp_path):
     first = run_recipe("dqs_dmc.py", tmp_path, "collector.total_frames=200")
     assert first.returncode == 0, first.stderr[-3000:]
@@ -58,13 +86,16 @@ def test_resume_continues_from_checkpoint(tmp_path):
     assert [int(r["frames"]) for r in eval_rows(tmp_path)] == [150, 200, 300]
 
 
-@pytest.mark.parametrize(("override", "field"), [
-    ("env.task=cheetah-fly", "env.task"),
-    ("collector.total_frames=-5", "collector.total_frames"),
-    ("algo.num_steps=0", "algo.num_steps"),
-    ("algo.temperature.initial=0", "algo.temperature.initial"),
-    ("logger.backend=mlflow", "logger.backend"),
-])
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("env.task=cheetah-fly", "env.task"),
+        ("collector.total_frames=-5", "collector.total_frames"),
+        ("algo.num_steps=0", "algo.num_steps"),
+        ("algo.temperature.initial=0", "algo.temperature.initial"),
+        ("logger.backend=mlflow", "logger.backend"),
+    ],
+)
 def test_bad_override_fails_before_training(tmp_path, override, field):
     proc = run_recipe("dqs_dmc.py", tmp_path, override)
     assert proc.returncode != 0

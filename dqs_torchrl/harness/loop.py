@@ -31,13 +31,18 @@ log = logging.getLogger(__name__)
 
 def make_env(cfg: DictConfig, seed: int) -> EnvBase:
     """The environment named by ``cfg.env`` (dm_control task or the two-goal maze)."""
+    limit = (
+        {}
+        if cfg.env.max_episode_steps is None
+        else {"max_episode_steps": cfg.env.max_episode_steps}
+    )
     if cfg.env.suite == "maze":
         from dqs_torchrl.maze import make_maze_env
 
-        return make_maze_env(seed=seed, max_episode_steps=cfg.env.max_episode_steps)
+        return make_maze_env(seed=seed, **limit)
     from dqs_torchrl.envs import make_dmc_env
 
-    return make_dmc_env(cfg.env.task, seed=seed, max_episode_steps=cfg.env.max_episode_steps)
+    return make_dmc_env(cfg.env.task, seed=seed, **limit)
 
 
 def seed_everything(seed: int) -> None:
