@@ -50,6 +50,10 @@ class IDEMScoreLoss(LossModule):
         max_score_norm: clip each target vector to this norm (iDEM: 20-70); ``None`` = off.
         tanh_correction: include the tanh change of variables in the energy (default).
         loss_weighting: ``"sigma2"`` (``sigma^2 + 1e-3``) or ``"none"``.
+        num_mc_samples_small: a smaller K for targets with ``sigma <= small_sigma``, where the
+            noised density is nearly the target's own and one sample is within a few percent
+            (see docs/performance.md); ``None`` uses ``num_mc_samples`` everywhere.
+        small_sigma: the noise level below which ``num_mc_samples_small`` applies.
 
     The loss writes ``loss_actor`` and the diagnostics ``score_target_norm`` (mean norm of the
     targets), ``ess`` (mean effective sample size ``1 / sum_i w_i^2`` of the K weights) and
@@ -95,6 +99,8 @@ class IDEMScoreLoss(LossModule):
         max_score_norm: float | None = None,
         tanh_correction: bool = True,
         loss_weighting: str = "sigma2",
+        num_mc_samples_small: int | None = None,
+        small_sigma: float = 1e-2,
     ) -> None:
         super().__init__()
         if (
@@ -118,7 +124,18 @@ class IDEMScoreLoss(LossModule):
         # Held by reference, outside the module tree: the critic is trained by its own loss
         # and must neither appear in this loss's parameters nor be copied.
         self.__dict__["critic"] = critic
+        if num_mc_samples_small is not None and not (
+            isinstance(num_mc_samples_small, int) and num_mc_samples_small >= 1
+        ):
+            raise ValueError(
+                "num_mc_samples_small must be an integer >= 1 or None, "
+                f"got {num_mc_samples_small!r}."
+            )
+        if not small_sigma > 0:
+            raise ValueError(f"small_sigma must be > 0, got {small_sigma!r}.")
         self.num_mc_samples = num_mc_samples
+        self.num_mc_samples_small = num_mc_samples_small
+        self.small_sigma = float(small_sigma)
         self.max_score_norm = max_score_norm
         self.tanh_correction = tanh_correction
         self.loss_weighting = loss_weighting
@@ -168,25 +185,55 @@ class IDEMScoreLoss(LossModule):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """iDEM's K-sample estimate of ``grad_x log p_sigma(x | s)`` at a batch ``[B, d]``.
 
-        ``sigma`` has shape ``[B, 1]``. Returns the (clipped) target ``[B, d]`` and the
-        diagnostics ``ess`` ``[B]`` and ``clipped`` ``[B]``.
+        ``sigma`` has shape ``[B, 1]``. With ``num_mc_samples_small`` set (and no explicit
+        ``num_mc_samples``), rows with ``sigma <= small_sigma`` use that smaller K; all rows
+        of all groups still go through the critic in one batch and one autograd call.
+        Returns the (clipped) target ``[B, d]`` and the diagnostics ``ess`` and ``clipped``
+        (both ``[B]``).
         """
-        num = num_mc_samples or self.num_mc_samples
-        eps = torch.randn((num, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
-        samples = (x.detach() + sigma * eps).requires_grad_(True)  # [K, B, d]
-        obs = observation.expand(num, *observation.shape)
+        if num_mc_samples is None and self.num_mc_samples_small is not None:
+            small = sigma.squeeze(-1) <= self.small_sigma
+            groups = [(~small, self.num_mc_samples), (small, self.num_mc_samples_small)]
+        else:
+            groups = [(None, num_mc_samples or self.num_mc_samples)]
+        # Draw every group's perturbed latents, then evaluate them as one flat batch.
+        draws, rows_x, rows_obs = [], [], []
+        for mask, num in groups:
+            xg, sg, og = (
+                (x, sigma, observation)
+                if mask is None
+                else (x[mask], sigma[mask], observation[mask])
+            )
+            eps = torch.randn((num, *xg.shape), generator=generator, device=x.device, dtype=x.dtype)
+            draws.append((mask, num, xg.shape[0]))
+            n = num * xg.shape[0]  # explicit: observations may be zero-dimensional
+            rows_x.append((xg.detach() + sg * eps).reshape(n, x.shape[-1]))
+            rows_obs.append(og.expand(num, *og.shape).reshape(n, observation.shape[-1]))
+        samples = torch.cat(rows_x).requires_grad_(True)
         with torch.enable_grad():
-            log_p = self.log_density(obs, samples)  # [K, B]
+            log_p = self.log_density(torch.cat(rows_obs), samples)
             (grads,) = torch.autograd.grad(log_p.sum(), samples)
         log_p = log_p.detach()
-        weights = torch.softmax(log_p, dim=0)
-        target = (weights.unsqueeze(-1) * grads).sum(0)
+        target = torch.zeros_like(x)
+        ess = torch.zeros_like(x[:, 0])
+        offset = 0
+        for mask, num, rows in draws:
+            n = num * rows
+            lp = log_p[offset : offset + n].reshape(num, rows)
+            g = grads[offset : offset + n].reshape(num, rows, -1)
+            offset += n
+            weights = torch.softmax(lp, dim=0)  # self-normalised, detached
+            t = (weights.unsqueeze(-1) * g).sum(0)
+            e = 1.0 / weights.pow(2).sum(0)
+            if mask is None:
+                target, ess = t, e
+            else:
+                target[mask], ess[mask] = t, e
         norm = target.norm(dim=-1, keepdim=True)
-        clipped = torch.zeros_like(norm.squeeze(-1), dtype=torch.bool)
+        clipped = torch.zeros_like(ess, dtype=torch.bool)
         if self.max_score_norm is not None:
             clipped = norm.squeeze(-1) > self.max_score_norm
             target = target * (self.max_score_norm / norm.clamp_min(self.max_score_norm))
-        ess = 1.0 / weights.pow(2).sum(0)
         return target, {"ess": ess, "clipped": clipped}
 
     def _latent_action(self, tensordict: TensorDictBase) -> Tensor:
