@@ -220,7 +220,7 @@ class IDEMScoreLoss(LossModule):
         for mask, num, rows in draws:
             n = num * rows
             lp = log_p[offset : offset + n].reshape(num, rows)
-            g = grads[offset : offset + n].reshape(num, rows, -1)
+            g = grads[offset : offset + n].reshape(num, rows, x.shape[-1])
             offset += n
             weights = torch.softmax(lp, dim=0)  # self-normalised, detached
             t = (weights.unsqueeze(-1) * g).sum(0)
