@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_recipe(recipe: str, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MUJOCO_GL="disable", OMP_NUM_THREADS="1")
+    env = dict(os.environ, MUJOCO_GL="disable", OMP_NUM_THREADS="1", WANDB_MODE="offline",
+               WANDB_SILENT="true")
     cmd = [
         sys.executable,
         str(ROOT / "recipes" / recipe),
@@ -70,6 +71,18 @@ def test_maze_recipe_smoke(tmp_path, algo):
     assert state["frames"] == 300
     if algo != "sac":  # exponential 10 -> 1 over the run's 300 frames
         assert state["agent"]["scheduler"]["frames"] == 300
+
+
+@pytest.mark.parametrize("backend", ["wandb", "tensorboard"])
+def test_other_loggers(tmp_path, backend):
+    proc = run_recipe("dqs_dmc.py", tmp_path, "algo=sac", f"logger.backend={backend}",
+                      "collector.total_frames=150")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logs = tmp_path / "logs"
+    if backend == "wandb":  # offline: a local run directory with its history file
+        assert list(logs.rglob("offline-run-*/run-*.wandb"))
+    else:
+        assert list(logs.rglob("events.out.tfevents.*"))
 
 
 def test_resume_continues_from_checkpoint(tmp_path):

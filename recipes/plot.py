@@ -1,0 +1,119 @@
+"""Aggregate many runs into the paper's plots and an rliable IQM across tasks.
+
+    python recipes/plot.py                      # reads runs/<task>/<algo>/seed*/eval.csv
+    python recipes/plot.py --runs runs --out runs/plots --scale 1000
+
+For each task: evaluation return against frames, the mean over seeds with a min/max band
+(the paper's figure 4 style), one line per algorithm. Across tasks: the interquartile mean
+(IQM) of the final returns divided by ``--scale`` (1000 for DMC), with 95% stratified
+bootstrap intervals from rliable, written as a table (``iqm.md``) and a plot (``iqm.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dqs_torchrl.harness.plotting import read_eval_csv  # noqa: E402
+
+
+def collect(runs: Path) -> dict[str, dict[str, list[dict[str, list[float]]]]]:
+    """``{task: {algo: [eval columns of each seed]}}`` from ``runs/<task>/<algo>/seed*/``."""
+    found: dict = defaultdict(lambda: defaultdict(list))
+    for csv_path in sorted(runs.glob("*/*/seed*/eval.csv")):
+        data = read_eval_csv(csv_path)
+        if data:
+            found[csv_path.parts[-4]][csv_path.parts[-3]].append(data)
+    return found
+
+
+def aligned(seeds: list[dict[str, list[float]]]) -> tuple[np.ndarray, np.ndarray]:
+    """Frames evaluated by every seed, and the returns there: ``[seeds, frames]``."""
+    common = sorted(set.intersection(*(set(s["frames"]) for s in seeds)))
+    returns = [[dict(zip(s["frames"], s["return_mean"], strict=True))[f] for f in common]
+               for s in seeds]
+    return np.array(common), np.array(returns)
+
+
+def plot_task(task: str, algos: dict, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for algo, seeds in sorted(algos.items()):
+        frames, returns = aligned(seeds)
+        if not len(frames):
+            continue
+        ax.plot(frames, returns.mean(0), label=f"{algo} ({len(seeds)} seeds)")
+        ax.fill_between(frames, returns.min(0), returns.max(0), alpha=0.2)
+    ax.set(title=task, xlabel="environment frames", ylabel="evaluation return")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def iqm_table(found: dict, scale: float, out: Path, reps: int) -> str:
+    """IQM of final normalised returns across tasks with rliable's bootstrap intervals."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    by_algo: dict[str, list[np.ndarray]] = defaultdict(list)
+    tasks = sorted(found)
+    for task in tasks:
+        for algo, seeds in found[task].items():
+            _, returns = aligned(seeds)
+            by_algo[algo].append(returns[:, -1] / scale)
+    # rliable wants [runs, tasks] per algorithm: keep algorithms that ran every task with
+    # the same number of seeds.
+    scores = {a: np.stack(v, axis=1) for a, v in by_algo.items()
+              if len(v) == len(tasks) and len({len(x) for x in v}) == 1}
+    if not scores:
+        return "no algorithm has the same seeds on every task: no IQM."
+    point, interval = rly.get_interval_estimates(
+        scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps)
+    lines = [f"IQM of final return / {scale:g} over {len(tasks)} tasks ({', '.join(tasks)}); "
+             f"95% stratified bootstrap, {reps} resamples.", "",
+             "| algorithm | runs x tasks | IQM | 95% CI |", "| --- | --- | --- | --- |"]
+    fig, ax = plt.subplots(figsize=(4, 0.6 + 0.5 * len(scores)))
+    for i, algo in enumerate(sorted(scores)):
+        lo, hi = interval[algo][:, 0]
+        lines.append(f"| {algo} | {scores[algo].shape[0]} x {scores[algo].shape[1]} | "
+                     f"{point[algo][0]:.3f} | [{lo:.3f}, {hi:.3f}] |")
+        ax.errorbar(point[algo][0], i, xerr=[[point[algo][0] - lo], [hi - point[algo][0]]],
+                    fmt="o", capsize=4)
+    ax.set_yticks(range(len(scores)), sorted(scores))
+    ax.set_xlabel(f"IQM of final return / {scale:g}")
+    fig.tight_layout()
+    fig.savefig(out / "iqm.png", dpi=100)
+    plt.close(fig)
+    table = "\n".join(lines) + "\n"
+    (out / "iqm.md").write_text(table)
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=Path, default=Path("runs"))
+    parser.add_argument("--out", type=Path, default=None, help="default: <runs>/plots")
+    parser.add_argument("--scale", type=float, default=1000.0, help="return normaliser")
+    parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
+    args = parser.parse_args(argv)
+    out = args.out or args.runs / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    found = collect(args.runs)
+    if not found:
+        raise SystemExit(f"no runs/<task>/<algo>/seed*/eval.csv under {args.runs}")
+    for task, algos in found.items():
+        plot_task(task, algos, out / f"{task}.png")
+    print(iqm_table(found, args.scale, out, args.reps))
+    print(f"plots written to {out}")
+
+
+if __name__ == "__main__":
+    main()
