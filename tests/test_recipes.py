@@ -114,3 +114,18 @@ def test_bad_override_fails_before_training(tmp_path, override, field):
     assert proc.returncode != 0
     assert field in proc.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_sweep_with_submitit_local_launcher(tmp_path):
+    """The seed x task sweep of the docs, on submitit's local executor (the SLURM path)."""
+    env = dict(os.environ, MUJOCO_GL="disable", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, str(ROOT / "recipes" / "dqs_dmc.py"), "-m",
+           "hydra/launcher=submitit_local", "seed=0,1", "env.task=cheetah-run,cartpole-balance",
+           "+preset=smoke", "algo=sac", "collector.total_frames=150",
+           f"hydra.sweep.dir={tmp_path}", "hydra.launcher.timeout_min=5"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for task in ("cheetah-run", "cartpole-balance"):
+        for seed in (0, 1):
+            rows = eval_rows(tmp_path / task / "sac" / f"seed{seed}")
+            assert [int(r["frames"]) for r in rows] == [150]

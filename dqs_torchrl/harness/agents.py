@@ -140,6 +140,8 @@ def _diffusion_agent(cfg: DictConfig, env: EnvBase, qsm: bool) -> Agent:
             actor,
             qloss,
             num_mc_samples=a.num_mc_samples,
+            num_mc_samples_small=a.num_mc_samples_small,
+            small_sigma=a.small_sigma,
             max_score_norm=a.max_score_norm,
             tanh_correction=a.tanh_correction,
         )

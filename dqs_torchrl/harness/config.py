@@ -101,6 +101,9 @@ def validate_config(cfg: DictConfig) -> None:
     a = "algo."
     _int(cfg, a + "num_steps", 1)
     _int(cfg, a + "num_mc_samples", 1)
+    if _get(cfg, a + "num_mc_samples_small") is not None:
+        _int(cfg, a + "num_mc_samples_small", 1)
+    _num(cfg, a + "small_sigma", 0.0)
     _int(cfg, a + "score_cells", 1)
     _int(cfg, a + "embedding_dim", 2)
     _num(cfg, a + "sigma_min", 0.0)
