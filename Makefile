@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 export MUJOCO_GL ?= disable
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test docs lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +21,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q $(ARGS)
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
 
 lint: $(STAMP)
 	$(BIN)/ruff check dqs_torchrl recipes tests benchmarks

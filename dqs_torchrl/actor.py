@@ -84,7 +84,8 @@ class DiffusionActor(TensorDictModuleBase):
         action_spec: a continuous ``Bounded`` spec (or a ``Composite`` holding one).
 
     Keyword Args:
-        sigma_min, sigma_max: range of the geometric VE schedule (paper: 1e-5, 1.0).
+        sigma_min: lowest noise level of the geometric VE schedule (paper: 1e-5).
+        sigma_max: highest noise level, the prior's standard deviation (paper: 1.0).
         num_steps: number of sampler steps (paper: 1000).
         sampler: ``"euler_maruyama"`` (paper), ``"ancestral"`` or ``"heun"`` (probability-flow
             ODE, second order); see :mod:`dqs_torchrl.samplers`.

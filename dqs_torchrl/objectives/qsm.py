@@ -27,7 +27,8 @@ class QSMLoss(IDEMScoreLoss):
 
     Keyword Args:
         scale: ``M``, the gradient scale (QSM's ``alpha``).
-        max_score_norm, loss_weighting: as in :class:`IDEMScoreLoss`.
+        max_score_norm: as in :class:`IDEMScoreLoss`.
+        loss_weighting: as in :class:`IDEMScoreLoss`.
 
     Examples:
         >>> from torchrl.data import Bounded
