@@ -12,25 +12,18 @@ from torch import Tensor, nn
 from torchrl.data import Bounded, Composite, TensorSpec
 from torchrl.envs.utils import ExplorationType, exploration_type
 
+from dqs_torchrl._checks import check_temperature, check_temperature_tensor
 from dqs_torchrl.energy import squash, unsquash
 from dqs_torchrl.networks import ScoreNetwork
 from dqs_torchrl.samplers import SAMPLERS, tweedie_denoise
 from dqs_torchrl.schedules import GeometricSchedule, geometric_sigmas, karras_sigmas
 
-__all__ = ["DiffusionActor", "check_temperature"]
+__all__ = ["DiffusionActor"]
 
 _SPACINGS: dict[str, Callable[..., Tensor]] = {
     "geometric": geometric_sigmas,
     "karras": karras_sigmas,
 }
-
-
-def check_temperature(temperature: float | Tensor, name: str = "temperature") -> float:
-    """Return ``temperature`` as a float, raising ``ValueError`` unless it is finite and > 0."""
-    value = float(temperature)
-    if not (value > 0 and value < float("inf")):
-        raise ValueError(f"{name} must be a finite number > 0, got {temperature!r}.")
-    return value
 
 
 def _box_bounds(action_spec: TensorSpec, action_key: str) -> tuple[Tensor, Tensor]:
@@ -158,6 +151,11 @@ class DiffusionActor(TensorDictModuleBase):
         self.in_keys = [observation_key]
         self.out_keys = [action_key, raw_action_key]
 
+    def _temperature(self, temperature: Tensor | float | None) -> Tensor:
+        if temperature is None:
+            return self.temperature
+        return check_temperature_tensor(torch.as_tensor(temperature))
+
     def squash(self, x: Tensor) -> Tensor:
         """Map a latent action to the action box."""
         return squash(x, self.low, self.high)
@@ -179,7 +177,7 @@ class DiffusionActor(TensorDictModuleBase):
         batch_shape = observation.shape[:-1]
         n = batch_shape.numel()
         obs = observation.reshape(n, observation.shape[-1]).to(self.low.dtype)
-        temp = self.temperature if temperature is None else torch.as_tensor(temperature)
+        temp = self._temperature(temperature)
         temp = (
             temp.to(obs).expand(*batch_shape, 1).reshape(n, 1)
             if temp.numel() > 1
@@ -228,7 +226,7 @@ class DiffusionActor(TensorDictModuleBase):
     ) -> Callable[[Tensor, float], Tensor]:
         """The learned score as a ``score_fn(x, sigma)`` for the plain samplers of
         :mod:`dqs_torchrl.samplers` (live weights, not the EMA)."""
-        temp = self.temperature if temperature is None else torch.as_tensor(temperature)
+        temp = self._temperature(temperature)
         temp = temp.to(observation).expand(*observation.shape[:-1], 1)
 
         def score_fn(x: Tensor, sigma: float) -> Tensor:

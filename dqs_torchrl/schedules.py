@@ -18,6 +18,8 @@ import math
 import torch
 from torch import Tensor
 
+from dqs_torchrl._checks import check_positive_int
+
 __all__ = ["GeometricSchedule", "geometric_sigmas", "karras_sigmas"]
 
 
@@ -34,8 +36,7 @@ def _check_sigma_range(sigma_min: float, sigma_max: float) -> None:
 
 
 def _check_num_steps(num_steps: int) -> None:
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}.")
+    check_positive_int(num_steps, "num_steps")
 
 
 class GeometricSchedule:
@@ -76,7 +77,9 @@ class GeometricSchedule:
 
         ``sigma_end`` defaults to ``sigma_min`` (tau = 0). Uniform in tau is geometric in sigma.
         """
-        return geometric_sigmas(num_steps, self.sigma_max, sigma_end or self.sigma_min)
+        return geometric_sigmas(
+            num_steps, self.sigma_max, self.sigma_min if sigma_end is None else sigma_end
+        )
 
     def __repr__(self) -> str:
         return f"GeometricSchedule(sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"

@@ -10,7 +10,7 @@ from tensordict import TensorDictBase
 from torch import nn
 from torchrl.trainers import Trainer, TrainerHookBase
 
-from dqs_torchrl.actor import check_temperature
+from dqs_torchrl._checks import check_temperature
 
 __all__ = ["TemperatureScheduler"]
 

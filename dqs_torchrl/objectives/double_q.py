@@ -19,7 +19,8 @@ from torchrl.objectives.utils import (
 )
 from torchrl.objectives.value import TD0Estimator
 
-from dqs_torchrl.actor import DiffusionActor, check_temperature
+from dqs_torchrl._checks import check_temperature
+from dqs_torchrl.actor import DiffusionActor
 
 __all__ = ["DoubleQLoss", "check_critic_keys"]
 

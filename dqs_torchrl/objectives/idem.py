@@ -11,7 +11,8 @@ from tensordict.utils import NestedKey
 from torch import Tensor
 from torchrl.objectives import LossModule
 
-from dqs_torchrl.actor import DiffusionActor, check_temperature
+from dqs_torchrl._checks import check_positive_int, check_temperature
+from dqs_torchrl.actor import DiffusionActor
 from dqs_torchrl.energy import tanh_log_jacobian, unsquash
 from dqs_torchrl.objectives.double_q import DoubleQLoss, check_critic_keys
 
@@ -103,12 +104,7 @@ class IDEMScoreLoss(LossModule):
         small_sigma: float = 1e-2,
     ) -> None:
         super().__init__()
-        if (
-            isinstance(num_mc_samples, bool)
-            or not isinstance(num_mc_samples, int)
-            or num_mc_samples < 1
-        ):
-            raise ValueError(f"num_mc_samples must be an integer >= 1, got {num_mc_samples!r}.")
+        check_positive_int(num_mc_samples, "num_mc_samples")
         if max_score_norm is not None and not max_score_norm > 0:
             raise ValueError(f"max_score_norm must be > 0 or None, got {max_score_norm!r}.")
         if loss_weighting not in ("sigma2", "none"):
@@ -124,13 +120,8 @@ class IDEMScoreLoss(LossModule):
         # Held by reference, outside the module tree: the critic is trained by its own loss
         # and must neither appear in this loss's parameters nor be copied.
         self.__dict__["critic"] = critic
-        if num_mc_samples_small is not None and not (
-            isinstance(num_mc_samples_small, int) and num_mc_samples_small >= 1
-        ):
-            raise ValueError(
-                "num_mc_samples_small must be an integer >= 1 or None, "
-                f"got {num_mc_samples_small!r}."
-            )
+        if num_mc_samples_small is not None:
+            check_positive_int(num_mc_samples_small, "num_mc_samples_small")
         if not small_sigma > 0:
             raise ValueError(f"small_sigma must be > 0, got {small_sigma!r}.")
         self.num_mc_samples = num_mc_samples
@@ -195,7 +186,8 @@ class IDEMScoreLoss(LossModule):
             small = sigma.squeeze(-1) <= self.small_sigma
             groups = [(~small, self.num_mc_samples), (small, self.num_mc_samples_small)]
         else:
-            groups = [(None, num_mc_samples or self.num_mc_samples)]
+            num = self.num_mc_samples if num_mc_samples is None else num_mc_samples
+            groups = [(None, check_positive_int(num, "num_mc_samples"))]
         # Draw every group's perturbed latents, then evaluate them as one flat batch.
         draws, rows_x, rows_obs = [], [], []
         for mask, num in groups:
