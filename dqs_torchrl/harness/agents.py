@@ -53,22 +53,28 @@ class Agent:
         self.num_updates = 0
 
     def update(self, batch: TensorDictBase) -> dict[str, float]:
+        """One gradient step of every loss on ``batch``, then the target updates.
+
+        All losses are computed first and every scalar they report (losses, score-target
+        norms, Q statistics) is checked: a NaN or infinity raises
+        :class:`NonFiniteLossError` naming the quantity before any optimiser step, so the
+        networks stay as they were.
+        """
+        outs = {name: loss_module(batch) for name, (loss_module, _) in self.losses.items()}
+        for name, out in outs.items():
+            for key, value in out.items():
+                if value.numel() == 1 and not torch.isfinite(value):
+                    raise NonFiniteLossError(
+                        f"non-finite {key} = {value.item()} in the {name} loss at update "
+                        f"{self.num_updates}; stopped before any optimiser step."
+                    )
         metrics: dict[str, float] = {}
-        for name, (loss_module, loss_key) in self.losses.items():
-            out = loss_module(batch)
-            loss = (
-                out[loss_key]
-                if loss_key
-                else sum(v for k, v in out.items() if k.startswith("loss"))
-            )
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"non-finite {name} loss ({loss_key or 'sum'} = {loss.item()}) at update "
-                    f"{self.num_updates}; stopping before the optimiser step."
-                )
+        for name, out in outs.items():
+            loss_key = self.losses[name][1]
+            keys = [loss_key] if loss_key else [k for k in out.keys() if k.startswith("loss")]
             optimizer = self.optimizers[name]
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            sum(out[k] for k in keys).backward()
             if self.clip_norm is not None:
                 params = [p for group in optimizer.param_groups for p in group["params"]]
                 torch.nn.utils.clip_grad_norm_(params, self.clip_norm)

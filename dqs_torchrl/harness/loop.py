@@ -115,7 +115,6 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = run_dir / "checkpoints"
-    OmegaConf.save(cfg, run_dir / "config.yaml")
     seed_everything(cfg.seed)
 
     env = make_env(cfg, cfg.seed)
@@ -133,6 +132,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         frames = int(state["frames"])
         torch.set_rng_state(state["torch_rng"])
         log.info("resumed from %s at %d frames", ckpt, frames)
+    OmegaConf.save(cfg, run_dir / "config.yaml")  # after a resume could fail: nothing is lost
     eval_log = _EvalLog(run_dir / "eval.csv", frames)
     logger = get_logger(
         cfg.logger.backend,
