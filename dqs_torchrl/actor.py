@@ -209,8 +209,10 @@ class DiffusionActor(TensorDictModuleBase):
         time_rows = net.time_features(self.schedule.tau(sigmas).unsqueeze(-1))
         features = dict(zip(sigmas.tolist(), time_rows.unbind(0), strict=True))
 
+        head = net.bind_head()
+
         def score_fn(x: Tensor, sigma: float) -> Tensor:
-            return net.head(condition + features[sigma], x)
+            return head(condition + features[sigma], x)
 
         x = SAMPLERS[self.sampler](
             score_fn, x, sigmas, noise=not deterministic, generator=generator

@@ -36,11 +36,15 @@ def _run(
     generator: torch.Generator | None,
 ) -> Tensor:
     # One loop serves every integrator: step (sigma, c, v) is x += c * score(x, sigma) + sqrt(v) z.
-    for sigma, drift, var in steps:
-        x = x + drift * score_fn(x, sigma)
-        if noise:
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = x + math.sqrt(var) * z
+    # All the noise is drawn at once and x is updated in place (on a copy of the input).
+    x = x.clone()
+    z = None
+    if noise:
+        z = torch.randn((len(steps), *x.shape), generator=generator, device=x.device, dtype=x.dtype)
+    for i, (sigma, drift, var) in enumerate(steps):
+        x.add_(score_fn(x, sigma), alpha=drift)
+        if z is not None:
+            x.add_(z[i], alpha=math.sqrt(var))
     return x
 
 
