@@ -83,6 +83,7 @@ def validate_config(cfg: DictConfig) -> None:
     _int(cfg, "collector.total_frames", 1)
     _int(cfg, "collector.init_random_frames", 0)
     _int(cfg, "collector.frames_per_batch", 1)
+    _int(cfg, "collector.num_workers", 1)
     _int(cfg, "buffer.batch_size", 1)
     _int(cfg, "buffer.size", cfg.buffer.batch_size)
     _num(cfg, "optim.lr", 0.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import random
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict
-from torchrl.collectors import Collector
+from torchrl.collectors import Collector, MultiSyncCollector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
@@ -43,6 +44,18 @@ def make_env(cfg: DictConfig, seed: int) -> EnvBase:
     from dqs_torchrl.envs import make_dmc_env
 
     return make_dmc_env(cfg.env.task, seed=seed, **limit)
+
+
+def _make_collector(cfg: DictConfig, env: EnvBase, policy: Any, **kwargs: Any) -> Any:
+    """TorchRL's ``Collector``, or ``MultiSyncCollector`` over ``collector.num_workers``
+    processes (one environment each, seeded ``seed + worker``) when that is above 1."""
+    workers = cfg.collector.num_workers
+    if workers == 1:
+        return Collector(env, policy, **kwargs)
+    env.close()
+    kwargs.pop("auto_register_policy_transforms", None)
+    makers = [partial(make_env, cfg, cfg.seed + i) for i in range(workers)]
+    return MultiSyncCollector(makers, policy, cat_results="stack", **kwargs)
 
 
 def seed_everything(seed: int) -> None:
@@ -149,7 +162,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     summary: dict[str, Any] = {"run_dir": str(run_dir), "frames": frames}
     if frames >= total:
         return summary
-    collector = Collector(
+    collector = _make_collector(
+        cfg,
         env,
         agent.policy,
         frames_per_batch=cfg.collector.frames_per_batch,
@@ -186,6 +200,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                             f"{err} frames={frames}. Diagnostic snapshot: {snap}; the last "
                             f"good checkpoint in {ckpt_dir} is untouched."
                         ) from None
+            if cfg.collector.num_workers > 1:
+                collector.update_policy_weights_()  # workers act with the new weights
             done = batch["next", "done"].squeeze(-1)
             if done.any():
                 logger.log_scalar(
