@@ -49,44 +49,26 @@ SIGMA_MIN, SIGMA_MAX = 1e-5, 1.0
 # The configurations compared by every script. Keys are the DiffusionActor keyword arguments
 # (num_steps, sampler, spacing, sigma_end, denoise, ema) and the IDEMScoreLoss ones
 # (num_mc_samples, num_mc_samples_small, small_sigma); use actor_kwargs / score_kwargs.
+FIDELITY_DIR = ROOT / "recipes" / "config" / "fidelity"
+
+
+def _fidelity(name: str, description: str, **changes: Any) -> dict[str, Any]:
+    """A recipe fidelity preset (``recipes/config/fidelity/<name>.yaml``), so the benchmarks
+    measure exactly what ``fidelity=<name>`` runs; ``changes`` derive a variant."""
+    from omegaconf import OmegaConf
+
+    config = dict(OmegaConf.to_container(OmegaConf.load(FIDELITY_DIR / f"{name}.yaml")))
+    return {"description": description, **config, "ema": True, **changes}
+
+
 CONFIGS: dict[str, dict[str, Any]] = {
-    "paper": {
-        "description": "paper table 1: K=1000; Euler-Maruyama, 1000 uniform-tau steps to 1e-5",
-        "num_mc_samples": 1000,
-        "num_mc_samples_small": None,
-        "small_sigma": 1e-2,
-        "sampler": "euler_maruyama",
-        "num_steps": 1000,
-        "spacing": "geometric",
-        "sigma_end": None,
-        "denoise": False,
-        "ema": True,
-    },
-    "fast": {
-        "description": "prototype that learned: K=64 (K=2 at sigma<=1e-2); EM 20 geometric "
-        "steps to 3e-2 + Tweedie",
-        "num_mc_samples": 64,
-        "num_mc_samples_small": 2,
-        "small_sigma": 1e-2,
-        "sampler": "euler_maruyama",
-        "num_steps": 20,
-        "spacing": "geometric",
-        "sigma_end": 3e-2,
-        "denoise": True,
-        "ema": True,
-    },
-    "fast10": {
-        "description": "K=64 (K=2 at sigma<=1e-2); EM 10 geometric steps to 1e-2 + Tweedie",
-        "num_mc_samples": 64,
-        "num_mc_samples_small": 2,
-        "small_sigma": 1e-2,
-        "sampler": "euler_maruyama",
-        "num_steps": 10,
-        "spacing": "geometric",
-        "sigma_end": 1e-2,
-        "denoise": True,
-        "ema": True,
-    },
+    "paper": _fidelity("paper", "paper table 1: K=1000; Euler-Maruyama, 1000 uniform-tau steps"),
+    "fast": _fidelity(
+        "fast", "fidelity=fast: K=64 (K=2 at sigma<=1e-2); EM 20 geometric steps to 3e-2 + Tweedie"
+    ),
+    "fast10": _fidelity(
+        "fast", "fast with EM 10 geometric steps to 1e-2 + Tweedie", num_steps=10, sigma_end=1e-2
+    ),
 }
 
 _ACTOR_KEYS = ("num_steps", "sampler", "spacing", "sigma_end", "denoise", "ema")
