@@ -17,8 +17,9 @@ def gaussian_loss(**kwargs) -> IDEMScoreLoss:
         return 0.5 * ((torch.atanh(a.clamp(-1 + 1e-6, 1 - 1e-6)) - MU) ** 2).sum(-1) / S2
 
     actor = DiffusionActor(ScoreNetwork(0, 2, 8, 8), Bounded(-1.0, 1.0, shape=(2,)))
-    return IDEMScoreLoss(actor, EnergyCritic(energy), tanh_correction=False, temperature=T,
-                         **kwargs)
+    return IDEMScoreLoss(
+        actor, EnergyCritic(energy), tanh_correction=False, temperature=T, **kwargs
+    )
 
 
 def batch(n=64, seed=0):
@@ -35,10 +36,12 @@ def test_adaptive_k_equals_separate_calls():
     fused, diag = loss.score_target(obs, x, sigma, generator=torch.Generator().manual_seed(1))
     small = sigma.squeeze(-1) <= 1e-2
     g = torch.Generator().manual_seed(1)  # the fused path draws the large-sigma group first
-    big_t, _ = loss.score_target(obs[~small], x[~small], sigma[~small], num_mc_samples=32,
-                                 generator=g)
-    small_t, small_diag = loss.score_target(obs[small], x[small], sigma[small], num_mc_samples=2,
-                                            generator=g)
+    big_t, _ = loss.score_target(
+        obs[~small], x[~small], sigma[~small], num_mc_samples=32, generator=g
+    )
+    small_t, small_diag = loss.score_target(
+        obs[small], x[small], sigma[small], num_mc_samples=2, generator=g
+    )
     # Same draws, same arithmetic except the batching of one matmul: float32 round-off only.
     torch.testing.assert_close(fused[~small], big_t, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fused[small], small_t, rtol=1e-5, atol=1e-5)
@@ -49,8 +52,9 @@ def test_adaptive_k_without_small_rows_is_the_fixed_k_estimator():
     loss = gaussian_loss(num_mc_samples=16, num_mc_samples_small=2, small_sigma=1e-6)
     obs, x, sigma = batch()
     a, _ = loss.score_target(obs, x, sigma, generator=torch.Generator().manual_seed(3))
-    b, _ = loss.score_target(obs, x, sigma, num_mc_samples=16,
-                             generator=torch.Generator().manual_seed(3))
+    b, _ = loss.score_target(
+        obs, x, sigma, num_mc_samples=16, generator=torch.Generator().manual_seed(3)
+    )
     assert torch.equal(a, b)
 
 
@@ -74,8 +78,12 @@ def test_actor_sampling_path_equals_plain_sampler(steps):
     from dqs_torchrl.samplers import sample_euler_maruyama
 
     torch.manual_seed(0)
-    actor = DiffusionActor(ScoreNetwork(3, 2, 16, 8), Bounded(-1.0, 1.0, shape=(2,)),
-                           num_steps=steps, sigma_end=3e-2 if steps == 10 else None)
+    actor = DiffusionActor(
+        ScoreNetwork(3, 2, 16, 8),
+        Bounded(-1.0, 1.0, shape=(2,)),
+        num_steps=steps,
+        sigma_end=3e-2 if steps == 10 else None,
+    )
     obs = torch.randn(5, 3)
     action, raw = actor.sample(obs, 0.3, generator=torch.Generator().manual_seed(7))
     g = torch.Generator().manual_seed(7)

@@ -15,8 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_recipe(recipe: str, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MUJOCO_GL="disable", OMP_NUM_THREADS="1", WANDB_MODE="offline",
-               WANDB_SILENT="true")
+    env = dict(
+        os.environ,
+        MUJOCO_GL="disable",
+        OMP_NUM_THREADS="1",
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+    )
     cmd = [
         sys.executable,
         str(ROOT / "recipes" / recipe),
@@ -75,8 +80,13 @@ def test_maze_recipe_smoke(tmp_path, algo):
 
 @pytest.mark.parametrize("backend", ["wandb", "tensorboard"])
 def test_other_loggers(tmp_path, backend):
-    proc = run_recipe("dqs_dmc.py", tmp_path, "algo=sac", f"logger.backend={backend}",
-                      "collector.total_frames=150")
+    proc = run_recipe(
+        "dqs_dmc.py",
+        tmp_path,
+        "algo=sac",
+        f"logger.backend={backend}",
+        "collector.total_frames=150",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs = tmp_path / "logs"
     if backend == "wandb":  # offline: a local run directory with its history file
@@ -119,10 +129,19 @@ def test_bad_override_fails_before_training(tmp_path, override, field):
 def test_sweep_with_submitit_local_launcher(tmp_path):
     """The seed x task sweep of the docs, on submitit's local executor (the SLURM path)."""
     env = dict(os.environ, MUJOCO_GL="disable", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, str(ROOT / "recipes" / "dqs_dmc.py"), "-m",
-           "hydra/launcher=submitit_local", "seed=0,1", "env.task=cheetah-run,cartpole-balance",
-           "+preset=smoke", "algo=sac", "collector.total_frames=150",
-           f"hydra.sweep.dir={tmp_path}", "hydra.launcher.timeout_min=5"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "recipes" / "dqs_dmc.py"),
+        "-m",
+        "hydra/launcher=submitit_local",
+        "seed=0,1",
+        "env.task=cheetah-run,cartpole-balance",
+        "+preset=smoke",
+        "algo=sac",
+        "collector.total_frames=150",
+        f"hydra.sweep.dir={tmp_path}",
+        "hydra.launcher.timeout_min=5",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for task in ("cheetah-run", "cartpole-balance"):
