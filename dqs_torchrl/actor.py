@@ -20,7 +20,7 @@ from dqs_torchrl.schedules import GeometricSchedule, geometric_sigmas, karras_si
 
 __all__ = ["DiffusionActor"]
 
-_SPACINGS: dict[str, Callable[..., Tensor]] = {
+SPACINGS: dict[str, Callable[..., Tensor]] = {
     "geometric": geometric_sigmas,
     "karras": karras_sigmas,
 }
@@ -124,8 +124,8 @@ class DiffusionActor(TensorDictModuleBase):
         self.schedule = GeometricSchedule(sigma_min, sigma_max)
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}.")
-        if spacing not in _SPACINGS:
-            raise ValueError(f"spacing must be one of {sorted(_SPACINGS)}, got {spacing!r}.")
+        if spacing not in SPACINGS:
+            raise ValueError(f"spacing must be one of {sorted(SPACINGS)}, got {spacing!r}.")
         sigma_end = sigma_min if sigma_end is None else sigma_end
         if not sigma_min <= sigma_end < sigma_max:
             raise ValueError(
@@ -133,7 +133,7 @@ class DiffusionActor(TensorDictModuleBase):
                 f"got {sigma_end}."
             )
         # The grid is fixed per actor: build it once, not per call.
-        self.register_buffer("sigmas", _SPACINGS[spacing](num_steps, sigma_max, sigma_end))
+        self.register_buffer("sigmas", SPACINGS[spacing](num_steps, sigma_max, sigma_end))
         self.num_steps, self.sampler, self.spacing, self.denoise = (
             num_steps,
             sampler,

@@ -14,7 +14,7 @@ from dqs_torchrl._checks import check_temperature
 
 __all__ = ["TemperatureScheduler"]
 
-_SCHEDULES = ("constant", "exponential", "linear")
+SCHEDULES = ("constant", "exponential", "linear")
 
 
 class TemperatureScheduler(TrainerHookBase):
@@ -54,8 +54,8 @@ class TemperatureScheduler(TrainerHookBase):
         final: float | None = None,
         total_frames: int | None = None,
     ) -> None:
-        if schedule not in _SCHEDULES:
-            raise ValueError(f"schedule must be one of {_SCHEDULES}, got {schedule!r}.")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}.")
         self.initial = check_temperature(initial, "initial")
         if schedule != "constant":
             if final is None or total_frames is None:

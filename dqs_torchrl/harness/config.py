@@ -6,12 +6,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from dqs_torchrl.actor import SPACINGS
 from dqs_torchrl.samplers import SAMPLERS
+from dqs_torchrl.temperature import SCHEDULES
 
 __all__ = ["ConfigError", "validate_config"]
 
-_SPACINGS = ("geometric", "karras")
-_SCHEDULES = ("constant", "exponential", "linear")
 _LOGGERS = ("csv", "wandb", "tensorboard")
 
 
@@ -113,10 +113,10 @@ def validate_config(cfg: DictConfig) -> None:
         cfg, a + "sigma_end", cfg.algo.sigma_min, cfg.algo.sigma_max, low_open=False, optional=True
     )
     _choice(cfg, a + "sampler", tuple(SAMPLERS))
-    _choice(cfg, a + "spacing", _SPACINGS)
+    _choice(cfg, a + "spacing", tuple(SPACINGS))
     _num(cfg, a + "max_score_norm", 0.0, optional=True)
     _num(cfg, a + "ema_tau", 0.0, 1.0)
     _num(cfg, a + "qsm_scale", 0.0)
-    _choice(cfg, a + "temperature.schedule", _SCHEDULES)
+    _choice(cfg, a + "temperature.schedule", SCHEDULES)
     _num(cfg, a + "temperature.initial", 0.0)
     _num(cfg, a + "temperature.final", 0.0, optional=cfg.algo.temperature.schedule == "constant")
