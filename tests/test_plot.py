@@ -1,5 +1,6 @@
-"""recipes/plot.py aggregates runs: figure-4 style curves and an rliable IQM."""
+"""recipes/plot.py aggregates runs: figure-4 curves, an rliable IQM and performance profile."""
 
+import csv
 import importlib.util
 from pathlib import Path
 
@@ -44,3 +45,44 @@ def test_plot_aggregates_runs(tmp_path, capsys):
     assert iqm["sac"] == pytest.approx(0.3, abs=0.01)
     assert "qsm" not in rows  # ran one task only: left out of the cross-task IQM
     assert (out / "iqm.png").exists()
+
+
+def test_performance_profile_is_the_fraction_of_runs_above_each_threshold(tmp_path):
+    # dqs dominates sac: final returns (/1000) on two tasks, four seeds each; none lies on
+    # a threshold of the 11-point grid from 0 to the best score, 0.95.
+    final = {
+        "dqs": {"cheetah-run": [650, 750, 850, 950], "walker-run": [550, 650, 750, 850]},
+        "sac": {"cheetah-run": [150, 250, 350, 450], "walker-run": [50, 150, 250, 350]},
+    }
+    for algo, tasks in final.items():
+        for task, returns in tasks.items():
+            for seed, r in enumerate(returns):
+                write_run(tmp_path, task, algo, seed, [10, 20], [0, r])
+    plot.main(["--runs", str(tmp_path), "--reps", "200", "--taus", "11"])
+    out = tmp_path / "plots"
+    assert (out / "performance_profile.png").stat().st_size > 1000
+    with open(out / "performance_profile.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    taus = np.linspace(0.0, 0.95, 11)
+    assert len(rows) == 2 * len(taus)
+    for algo, tasks in final.items():
+        scores = [r / 1000 for returns in tasks.values() for r in returns]
+        profile = [row for row in rows if row["algorithm"] == algo]
+        np.testing.assert_allclose([float(row["tau"]) for row in profile], taus)
+        for tau, row in zip(taus, profile, strict=True):
+            fraction = float(row["fraction"])
+            # exactly the fraction of the 8 runs x tasks scoring above tau
+            assert fraction == sum(s > tau for s in scores) / 8, (algo, tau)
+            assert float(row["ci_low"]) <= fraction <= float(row["ci_high"])
+    by = {(row["algorithm"], round(float(row["tau"]), 3)): row for row in rows}
+    assert float(by["dqs", 0.475]["fraction"]) == 1.0  # every dqs run beats every sac run
+    assert float(by["sac", 0.475]["fraction"]) == 0.0
+    assert float(by["dqs", 0.665]["fraction"]) == 5 / 8
+    assert float(by["dqs", 0.95]["fraction"]) == 0.0  # strictly above: the best run is not
+    # all runs above (or below) tau in every resample: no uncertainty; 5/8 has some
+    assert (by["dqs", 0.475]["ci_low"], by["sac", 0.475]["ci_high"]) == ("1.0", "0.0")
+    low, high = float(by["dqs", 0.665]["ci_low"]), float(by["dqs", 0.665]["ci_high"])
+    assert low < 5 / 8 < high
+    for tau in taus:  # dominance shows in the profile
+        key = round(float(tau), 3)
+        assert float(by["dqs", key]["fraction"]) >= float(by["sac", key]["fraction"])
