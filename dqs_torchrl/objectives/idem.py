@@ -55,6 +55,17 @@ class IDEMScoreLoss(LossModule):
             noised density is nearly the target's own and one sample is within a few percent
             (see docs/performance.md); ``None`` uses ``num_mc_samples`` everywhere.
         small_sigma: the noise level below which ``num_mc_samples_small`` applies.
+        estimator: ``"idem"`` (the paper's gradient form above) or ``"blend"``, which mixes it
+            with the noise (Tweedie) form ``T_K = sum_i softmax_i(-E_i) eps_i / sigma`` of the
+            same K draws: ``alpha S_K + (1 - alpha) T_K`` with ``alpha = 1 / (1 + c sigma)``,
+            where ``c = max(0, -<dg, deps> / <deps, deps>)`` is the curvature of ``-E`` along
+            the draws (a least-squares fit of the K gradients against their offsets, per
+            target, no extra critic calls). Both forms converge to the same score, so the
+            blend does too; for a Gaussian ``exp(-E)`` it is exact with any K >= 2, and where
+            the draws are much wider than ``exp(-E)`` (large sigma, small T) it falls back on
+            the noise form, whose error stays below ``1 / sigma`` while the gradient form's
+            grows with ``|grad Q| / T``. docs/performance.md has the measurements; with K = 1
+            it is the gradient form.
 
     The loss writes ``loss_actor`` and the diagnostics ``score_target_norm`` (mean norm of the
     targets), ``ess`` (mean effective sample size ``1 / sum_i w_i^2`` of the K weights) and
@@ -88,6 +99,7 @@ class IDEMScoreLoss(LossModule):
 
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
+    ESTIMATORS = ("idem", "blend")
     _schedulable_buffers = frozenset({"temperature"})
 
     def __init__(
@@ -102,11 +114,14 @@ class IDEMScoreLoss(LossModule):
         loss_weighting: str = "sigma2",
         num_mc_samples_small: int | None = None,
         small_sigma: float = 1e-2,
+        estimator: str = "idem",
     ) -> None:
         super().__init__()
         check_positive_int(num_mc_samples, "num_mc_samples")
         if max_score_norm is not None and not max_score_norm > 0:
             raise ValueError(f"max_score_norm must be > 0 or None, got {max_score_norm!r}.")
+        if estimator not in self.ESTIMATORS:
+            raise ValueError(f"estimator must be one of {self.ESTIMATORS}, got {estimator!r}.")
         if loss_weighting not in ("sigma2", "none"):
             raise ValueError(f"loss_weighting must be 'sigma2' or 'none', got {loss_weighting!r}.")
         if not isinstance(critic, DoubleQLoss):
@@ -129,6 +144,7 @@ class IDEMScoreLoss(LossModule):
         self.small_sigma = float(small_sigma)
         self.max_score_norm = max_score_norm
         self.tanh_correction = tanh_correction
+        self.estimator = estimator
         self.loss_weighting = loss_weighting
         self.register_coeff_buffer("temperature", check_temperature(temperature))
         self.score_network_params = TensorDictParams(
@@ -197,7 +213,7 @@ class IDEMScoreLoss(LossModule):
                 else (x[mask], sigma[mask], observation[mask])
             )
             eps = torch.randn((num, *xg.shape), generator=generator, device=x.device, dtype=x.dtype)
-            draws.append((mask, num, xg.shape[0]))
+            draws.append((mask, num, xg.shape[0], eps, sg))
             n = num * xg.shape[0]  # explicit: observations may be zero-dimensional
             rows_x.append((xg.detach() + sg * eps).reshape(n, x.shape[-1]))
             rows_obs.append(og.expand(num, *og.shape).reshape(n, observation.shape[-1]))
@@ -209,13 +225,15 @@ class IDEMScoreLoss(LossModule):
         target = torch.zeros_like(x)
         ess = torch.zeros_like(x[:, 0])
         offset = 0
-        for mask, num, rows in draws:
+        for mask, num, rows, eps, sg in draws:
             n = num * rows
             lp = log_p[offset : offset + n].reshape(num, rows)
             g = grads[offset : offset + n].reshape(num, rows, x.shape[-1])
             offset += n
             weights = torch.softmax(lp, dim=0)  # self-normalised, detached
             t = (weights.unsqueeze(-1) * g).sum(0)
+            if self.estimator == "blend":
+                t = _blend(t, weights, g, eps, sg)
             e = 1.0 / weights.pow(2).sum(0)
             if mask is None:
                 target, ess = t, e
@@ -261,3 +279,21 @@ class IDEMScoreLoss(LossModule):
             },
             batch_size=[],
         )
+
+
+def _blend(
+    gradient_form: Tensor, weights: Tensor, grads: Tensor, eps: Tensor, sigma: Tensor
+) -> Tensor:
+    """``alpha * gradient_form + (1 - alpha) * noise_form`` for draws ``x_i = x + sigma eps_i``.
+
+    ``weights`` ``[K, B]``, ``grads`` and ``eps`` ``[K, B, d]``, ``sigma`` ``[B, 1]``. The
+    curvature ``c / sigma`` of ``-E`` comes from regressing the gradients on the offsets
+    ``sigma eps_i``: for ``-E = -|x - m|^2 / (2 v)`` it is ``1 / v`` and the blend with
+    ``alpha = v / (v + sigma^2)`` equals the exact noised score for any draws.
+    """
+    noise_form = (weights.unsqueeze(-1) * eps).sum(0) / sigma
+    d_eps = eps - eps.mean(0)
+    d_grad = grads - grads.mean(0)
+    c = -(d_grad * d_eps).sum((0, 2)) / (d_eps * d_eps).sum((0, 2)).clamp_min(1e-30)
+    alpha = 1.0 / (1.0 + c.clamp_min(0.0).unsqueeze(-1) * sigma)
+    return alpha * gradient_form + (1.0 - alpha) * noise_form
