@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import metadata
 from typing import Any
 
 from omegaconf import DictConfig
@@ -13,6 +14,7 @@ from dqs_torchrl.temperature import SCHEDULES
 __all__ = ["ConfigError", "validate_config"]
 
 _LOGGERS = ("csv", "wandb", "tensorboard")
+_BACKENDS = ("local", "ray")  # collection: this machine's processes, or Ray actors
 
 
 class ConfigError(ValueError):
@@ -84,6 +86,21 @@ def validate_config(cfg: DictConfig) -> None:
     _int(cfg, "collector.init_random_frames", 0)
     _int(cfg, "collector.frames_per_batch", 1)
     _int(cfg, "collector.num_workers", 1)
+    _choice(cfg, "collector.backend", _BACKENDS)
+    if cfg.collector.backend == "ray":
+        try:
+            metadata.version("ray")
+        except metadata.PackageNotFoundError:
+            raise ConfigError(
+                "collector.backend=ray needs the ray package, which is not installed: "
+                "pip install -e '.[ray]' (or use collector.backend=local)."
+            ) from None
+        if cfg.collector.frames_per_batch % cfg.collector.num_workers:
+            raise ConfigError(
+                "collector.frames_per_batch must be a multiple of collector.num_workers with "
+                f"collector.backend=ray, got {cfg.collector.frames_per_batch} and "
+                f"{cfg.collector.num_workers}."
+            )
     _int(cfg, "buffer.batch_size", 1)
     _int(cfg, "buffer.size", cfg.buffer.batch_size)
     _num(cfg, "optim.lr", 0.0)

@@ -48,14 +48,47 @@ def make_env(cfg: DictConfig, seed: int) -> EnvBase:
 
 def _make_collector(cfg: DictConfig, env: EnvBase, policy: Any, **kwargs: Any) -> Any:
     """TorchRL's ``Collector``, or ``MultiSyncCollector`` over ``collector.num_workers``
-    processes (one environment each, seeded ``seed + worker``) when that is above 1."""
+    processes (one environment each, seeded ``seed + worker``) when that is above 1, or with
+    ``collector.backend=ray`` a ``RayCollector`` over as many Ray actors (:func:`_ray_collector`).
+    """
     workers = cfg.collector.num_workers
-    if workers == 1:
+    if workers == 1 and cfg.collector.backend == "local":
         return Collector(env, policy, **kwargs)
     env.close()
     kwargs.pop("auto_register_policy_transforms", None)
     makers = [partial(make_env, cfg, cfg.seed + i) for i in range(workers)]
+    if cfg.collector.backend == "ray":
+        return _ray_collector(makers, policy, **kwargs)
     return MultiSyncCollector(makers, policy, cat_results="stack", **kwargs)
+
+
+def _ray_collector(makers: list[Any], policy: Any, **kwargs: Any) -> Any:
+    """``RayCollector``: one remote ``Collector`` actor (1 CPU) per environment maker, their
+    batches gathered synchronously and stacked ``[workers, frames]`` like MultiSyncCollector.
+
+    Starts a local Ray instance with one CPU per worker, or joins the cluster ``RAY_ADDRESS``
+    names. Weight sync is connected here: ``update_policy_weights_()`` then pushes the
+    policy's current weights to every actor.
+    """
+    import os
+
+    from torchrl.collectors.distributed import RayCollector
+
+    # Ray reports usage statistics to its servers a minute after start unless told not to
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # a new instance of our own, not one that `ray start` left running
+    local = {"address": "local", "num_cpus": len(makers), "include_dashboard": False}
+    collector = RayCollector(
+        makers,
+        policy,
+        sync=True,
+        ray_init_config={} if os.environ.get("RAY_ADDRESS") else local,
+        remote_configs={"num_cpus": 1},  # TorchRL's default also reserves 2 GiB and a GPU share
+        collector_kwargs={"auto_register_policy_transforms": False},  # as train() asks locally
+        **kwargs,
+    )
+    collector.update_policy_weights_()
+    return collector
 
 
 def seed_everything(seed: int) -> None:
@@ -200,7 +233,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                             f"{err} frames={frames}. Diagnostic snapshot: {snap}; the last "
                             f"good checkpoint in {ckpt_dir} is untouched."
                         ) from None
-            if cfg.collector.num_workers > 1:
+            if cfg.collector.num_workers > 1 or cfg.collector.backend == "ray":
                 collector.update_policy_weights_()  # workers act with the new weights
             done = batch["next", "done"].squeeze(-1)
             if done.any():
