@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 
 import torch
@@ -14,8 +15,8 @@ from torchrl.envs.utils import ExplorationType, exploration_type
 
 from dqs_torchrl._checks import check_temperature, check_temperature_tensor
 from dqs_torchrl.energy import squash, unsquash
-from dqs_torchrl.networks import ScoreNetwork
-from dqs_torchrl.samplers import SAMPLERS, tweedie_denoise
+from dqs_torchrl.networks import ScoreNetwork, score_head
+from dqs_torchrl.samplers import SAMPLERS, draw_step_noise, step_coefficients, tweedie_denoise
 from dqs_torchrl.schedules import GeometricSchedule, geometric_sigmas, karras_sigmas
 
 __all__ = ["DiffusionActor"]
@@ -40,6 +41,37 @@ def _box_bounds(action_spec: TensorSpec, action_key: str) -> tuple[Tensor, Tenso
     if not (torch.isfinite(low).all() and torch.isfinite(high).all() and (low < high).all()):
         raise ValueError("action_spec must have finite bounds with low < high in every dimension.")
     return low, high
+
+
+def _sampler_loop(
+    condition: Tensor,
+    time_rows: Tensor,
+    x: Tensor,
+    z: Tensor | None,
+    weights: tuple[Tensor, ...],
+    drifts: tuple[float, ...],
+    stds: tuple[float, ...],
+    denoise: float | None,
+) -> Tensor:
+    """The whole sampler as one function of tensors, the step constants fixed per actor."""
+    for i, drift in enumerate(drifts):
+        x = x + drift * score_head(condition + time_rows[i], x, *weights)
+        if z is not None:
+            x = x + stds[i] * z[i]
+    if denoise is not None:
+        x = x + denoise * score_head(condition + time_rows[-1], x, *weights)
+    return x
+
+
+_COMPILED: dict[bool | str, Callable[..., Tensor]] = {}
+
+
+def _compiled_loop(mode: bool | str) -> Callable[..., Tensor]:
+    # Kept out of the module so that actors stay picklable (collector workers, checkpoints).
+    if mode not in _COMPILED:
+        kwargs = {} if mode is True else {"mode": mode}
+        _COMPILED[mode] = torch.compile(_sampler_loop, dynamic=False, **kwargs)
+    return _COMPILED[mode]
 
 
 def _frozen_copy(module: nn.Module) -> nn.Module:
@@ -89,6 +121,13 @@ class DiffusionActor(TensorDictModuleBase):
         ema: keep an exponential moving average of the score-network weights and sample with
             it. The average is :attr:`ema_network` (a copy holding buffers, not parameters);
             ``SoftUpdate(IDEMScoreLoss(...))`` updates it like a target network.
+        compile_sampler: run the sampler loop (all steps and the Tweedie step, noise drawn up
+            front) as one ``torch.compile``-d function: ``True`` for the default mode, or a
+            mode name such as ``"reduce-overhead"`` (CUDA graphs on a GPU). For
+            ``euler_maruyama`` and ``ancestral`` with a :class:`ScoreNetwork`. It draws the
+            same noise as the eager loop; results agree to float rounding. Compiling takes
+            seconds per batch shape; on our CPUs it was not faster than the eager loop
+            (docs/performance.md), so it is off by default.
 
     Examples:
         >>> from tensordict import TensorDict
@@ -115,6 +154,7 @@ class DiffusionActor(TensorDictModuleBase):
         denoise: bool = False,
         temperature: float = 1.0,
         ema: bool = False,
+        compile_sampler: bool | str = False,
         observation_key: str = "observation",
         action_key: str = "action",
         raw_action_key: str = "action_raw",
@@ -141,6 +181,16 @@ class DiffusionActor(TensorDictModuleBase):
             denoise,
         )
         self.score_network = score_network
+        self.compile_sampler = compile_sampler
+        self._steps = step_coefficients(sampler, self.sigmas)
+        if compile_sampler:
+            if self._steps is None:
+                raise ValueError(
+                    "compile_sampler needs sampler 'euler_maruyama' or 'ancestral' (one score "
+                    f"call per step), got {sampler!r}."
+                )
+            if not isinstance(score_network, ScoreNetwork):
+                raise ValueError("compile_sampler needs a ScoreNetwork (its head_weights()).")
         low, high = _box_bounds(action_spec, action_key)
         self.register_buffer("low", low)
         self.register_buffer("high", high)
@@ -209,6 +259,8 @@ class DiffusionActor(TensorDictModuleBase):
         time_rows = net.time_features(self.schedule.tau(sigmas).unsqueeze(-1))
         features = dict(zip(sigmas.tolist(), time_rows.unbind(0), strict=True))
 
+        if self.compile_sampler:
+            return self._integrate_compiled(net, condition, time_rows, x, deterministic, generator)
         head = net.bind_head()
 
         def score_fn(x: Tensor, sigma: float) -> Tensor:
@@ -220,6 +272,23 @@ class DiffusionActor(TensorDictModuleBase):
         if self.denoise:
             x = tweedie_denoise(score_fn, x, sigmas[-1].item())
         return x
+
+    def _integrate_compiled(
+        self,
+        net: ScoreNetwork,
+        condition: Tensor,
+        time_rows: Tensor,
+        x: Tensor,
+        deterministic: bool,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        steps = self._steps
+        z = None if deterministic else draw_step_noise(len(steps), x, generator)
+        denoise = self.sigmas[-1].item() ** 2 if self.denoise else None
+        loop = _compiled_loop(self.compile_sampler)
+        drifts = tuple(c for _, c, _ in steps)
+        stds = tuple(math.sqrt(v) for _, _, v in steps)
+        return loop(condition, time_rows, x, z, net.head_weights(), drifts, stds, denoise)
 
     def score_fn(
         self,

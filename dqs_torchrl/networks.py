@@ -96,20 +96,35 @@ class ScoreNetwork(nn.Module):
         A sampler calls the head once per step; binding once per sampling call skips
         ``nn.Module`` dispatch in that hot loop (about a third of a batch-1 step on CPU).
         """
-        w_a = self.action_layer.weight
-        w_h, b_h = self.hidden_layer.weight, self.hidden_layer.bias
-        w_o, b_o = self.output_layer.weight, self.output_layer.bias
+        weights = self.head_weights()
 
         def head(features: Tensor, x: Tensor) -> Tensor:
-            h1 = torch.relu(features + F.linear(x, w_a))
-            h2 = torch.relu(F.linear(h1, w_h, b_h)) + h1
-            return F.linear(h2, w_o, b_o)
+            return score_head(features, x, *weights)
 
         return head
+
+    def head_weights(self) -> tuple[Tensor, ...]:
+        """The weights :func:`score_head` takes after ``(features, x)``."""
+        return (
+            self.action_layer.weight,
+            self.hidden_layer.weight,
+            self.hidden_layer.bias,
+            self.output_layer.weight,
+            self.output_layer.bias,
+        )
 
     def forward(self, observation: Tensor, x: Tensor, tau: Tensor, temperature: Tensor) -> Tensor:
         """Score estimate at ``(s, x, tau, T)``; ``tau`` and ``temperature`` are ``[..., 1]``."""
         return self.head(self.condition(observation, temperature) + self.time_features(tau), x)
+
+
+def score_head(
+    features: Tensor, x: Tensor, w_a: Tensor, w_h: Tensor, b_h: Tensor, w_o: Tensor, b_o: Tensor
+) -> Tensor:
+    """:meth:`ScoreNetwork.head` as a pure function of its weights (what compiled loops trace)."""
+    h1 = torch.relu(features + F.linear(x, w_a))
+    h2 = torch.relu(F.linear(h1, w_h, b_h)) + h1
+    return F.linear(h2, w_o, b_o)
 
 
 def make_q_network(

@@ -23,9 +23,41 @@ __all__ = [
     "sample_ancestral",
     "sample_heun",
     "tweedie_denoise",
+    "step_coefficients",
+    "draw_step_noise",
 ]
 
 ScoreFn = Callable[[Tensor, float], Tensor]
+
+
+def _euler_maruyama_steps(s: list[float]) -> list[tuple[float, float, float]]:
+    steps = []
+    for i in range(len(s) - 1):
+        g2_dtau = 2.0 * s[i] ** 2 * math.log(s[i] / s[i + 1])
+        steps.append((s[i], g2_dtau, g2_dtau))
+    return steps
+
+
+def _ancestral_steps(s: list[float]) -> list[tuple[float, float, float]]:
+    steps = []
+    for i in range(len(s) - 1):
+        dv = s[i] ** 2 - s[i + 1] ** 2
+        steps.append((s[i], dv, dv * s[i + 1] ** 2 / s[i] ** 2))
+    return steps
+
+
+_STEPS = {"euler_maruyama": _euler_maruyama_steps, "ancestral": _ancestral_steps}
+
+
+def step_coefficients(sampler: str, sigmas: Tensor) -> list[tuple[float, float, float]] | None:
+    """The steps ``(sigma, c, v)`` of a one-call-per-step sampler on ``sigmas``: step ``i`` is
+    ``x <- x + c score(x, sigma) + sqrt(v) z_i``. ``None`` for :func:`sample_heun`.
+
+    With these and noise drawn up front, a caller can run the whole loop as one traced
+    function (``DiffusionActor(compile=True)``).
+    """
+    make = _STEPS.get(sampler)
+    return None if make is None else make(sigmas.tolist())
 
 
 def _run(
@@ -38,14 +70,17 @@ def _run(
     # One loop serves every integrator: step (sigma, c, v) is x += c * score(x, sigma) + sqrt(v) z.
     # All the noise is drawn at once and x is updated in place (on a copy of the input).
     x = x.clone()
-    z = None
-    if noise:
-        z = torch.randn((len(steps), *x.shape), generator=generator, device=x.device, dtype=x.dtype)
+    z = draw_step_noise(len(steps), x, generator) if noise else None
     for i, (sigma, drift, var) in enumerate(steps):
         x.add_(score_fn(x, sigma), alpha=drift)
         if z is not None:
             x.add_(z[i], alpha=math.sqrt(var))
     return x
+
+
+def draw_step_noise(num_steps: int, x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """The noise of every step at once, ``[num_steps, *x.shape]``, as the samplers draw it."""
+    return torch.randn((num_steps, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
 
 
 def sample_euler_maruyama(
@@ -72,12 +107,7 @@ def sample_euler_maruyama(
         >>> abs(float(x.std()) - 0.1) < 0.005
         True
     """
-    s = sigmas.tolist()
-    steps = []
-    for i in range(len(s) - 1):
-        g2_dtau = 2.0 * s[i] ** 2 * math.log(s[i] / s[i + 1])
-        steps.append((s[i], g2_dtau, g2_dtau))
-    return _run(score_fn, x, steps, noise, generator)
+    return _run(score_fn, x, _euler_maruyama_steps(sigmas.tolist()), noise, generator)
 
 
 def sample_ancestral(
@@ -109,12 +139,7 @@ def sample_ancestral(
         >>> abs(float(x.mean()) - 0.5) < 0.01
         True
     """
-    s = sigmas.tolist()
-    steps = []
-    for i in range(len(s) - 1):
-        dv = s[i] ** 2 - s[i + 1] ** 2
-        steps.append((s[i], dv, dv * s[i + 1] ** 2 / s[i] ** 2))
-    return _run(score_fn, x, steps, noise, generator)
+    return _run(score_fn, x, _ancestral_steps(sigmas.tolist()), noise, generator)
 
 
 def sample_heun(
