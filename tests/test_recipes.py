@@ -14,7 +14,8 @@ from dqs_torchrl.harness import latest_checkpoint, load_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_recipe(recipe: str, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+def recipe_command(recipe: str, run_dir: Path, *overrides: str) -> tuple[list[str], dict]:
+    """The command line and environment that run ``recipe`` in its smoke configuration."""
     env = dict(
         os.environ,
         MUJOCO_GL="disable",
@@ -29,6 +30,11 @@ def run_recipe(recipe: str, run_dir: Path, *overrides: str) -> subprocess.Comple
         f"hydra.run.dir={run_dir}",
         *overrides,
     ]
+    return cmd, env
+
+
+def run_recipe(recipe: str, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    cmd, env = recipe_command(recipe, run_dir, *overrides)
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 

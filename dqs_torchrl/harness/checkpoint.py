@@ -49,6 +49,8 @@ def save_checkpoint(
         raise
     for old in sorted(_checkpoints(directory))[:-keep_last]:
         old.unlink()
+    for orphan in directory.glob(".tmp_ckpt_*"):  # left by a process killed mid-save
+        orphan.unlink(missing_ok=True)
     return target
 
 

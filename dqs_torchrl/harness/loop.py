@@ -24,6 +24,15 @@ from dqs_torchrl.harness.agents import Agent, NonFiniteLossError, make_agent
 from dqs_torchrl.harness.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from dqs_torchrl.harness.config import validate_config
 from dqs_torchrl.harness.plotting import plot_learning_curve
+from dqs_torchrl.harness.resume import (
+    SeededReset,
+    collector_state,
+    find_seeded_reset,
+    restore_collector,
+    rng_state,
+    set_rng_state,
+    truncate_scalar_logs,
+)
 
 __all__ = ["train", "make_env", "evaluate"]
 
@@ -31,7 +40,11 @@ log = logging.getLogger(__name__)
 
 
 def make_env(cfg: DictConfig, seed: int) -> EnvBase:
-    """The environment named by ``cfg.env`` (dm_control task or the two-goal maze)."""
+    """The environment named by ``cfg.env`` (dm_control task or the two-goal maze).
+
+    Its resets are seeded from ``seed`` and their index (:class:`SeededReset`), which is what
+    lets a resumed run rebuild the episode its checkpoint was taken in.
+    """
     limit = (
         {}
         if cfg.env.max_episode_steps is None
@@ -40,10 +53,12 @@ def make_env(cfg: DictConfig, seed: int) -> EnvBase:
     if cfg.env.suite == "maze":
         from dqs_torchrl.maze import make_maze_env
 
-        return make_maze_env(seed=seed, **limit)
-    from dqs_torchrl.envs import make_dmc_env
+        env = make_maze_env(seed=seed, **limit)
+    else:
+        from dqs_torchrl.envs import make_dmc_env
 
-    return make_dmc_env(cfg.env.task, seed=seed, **limit)
+        env = make_dmc_env(cfg.env.task, seed=seed, **limit)
+    return env.append_transform(SeededReset(seed))
 
 
 def _make_collector(cfg: DictConfig, env: EnvBase, policy: Any, **kwargs: Any) -> Any:
@@ -171,15 +186,18 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     )
 
     frames = 0
+    state: dict[str, Any] = {}
     if cfg.resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
         state = load_checkpoint(ckpt)
         agent.load_state_dict(state["agent"])
         _load_buffer(buffer, state["buffer"])
         frames = int(state["frames"])
-        torch.set_rng_state(state["torch_rng"])
+        if "eval_env" in state:
+            find_seeded_reset(eval_env).resets = int(state["eval_env"]["resets"])
         log.info("resumed from %s at %d frames", ckpt, frames)
     OmegaConf.save(cfg, run_dir / "config.yaml")  # after a resume could fail: nothing is lost
     eval_log = _EvalLog(run_dir / "eval.csv", frames)
+    truncate_scalar_logs(run_dir / "logs", frames)  # rows a killed run logged past its checkpoint
     logger = get_logger(
         cfg.logger.backend,
         logger_name=str(run_dir / "logs"),
@@ -205,15 +223,25 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         postproc=agent.postproc,
         auto_register_policy_transforms=False,
     )
-    next_eval = (frames // cfg.eval.interval_frames + 1) * cfg.eval.interval_frames
-    next_ckpt = (frames // cfg.checkpoint.interval_frames + 1) * cfg.checkpoint.interval_frames
-    debt = 0.0  # fractional updates owed by utd_ratio
-    metrics: dict[str, float] = {}
-    last_eval: float | None = None
+    loop = state.get("loop", {})  # absent from checkpoints older than exact resume
+    next_eval = loop.get(
+        "next_eval", (frames // cfg.eval.interval_frames + 1) * cfg.eval.interval_frames
+    )
+    next_ckpt = loop.get(
+        "next_ckpt",
+        (frames // cfg.checkpoint.interval_frames + 1) * cfg.checkpoint.interval_frames,
+    )
+    debt = loop.get("debt", 0.0)  # fractional updates owed by utd_ratio
+    metrics: dict[str, float] = dict(loop.get("metrics", {}))  # logged again until the next update
+    last_eval: float | None = loop.get("last_eval")
+    if last_eval is not None:
+        summary["eval"] = last_eval
     bar = tqdm(
         total=total, initial=frames, unit="frame", disable=not cfg.progress_bar, dynamic_ncols=True
     )
     try:
+        if state:
+            _resume_collection(collector, state)
         for batch in collector:
             batch = batch.reshape(-1)
             buffer.extend(batch)
@@ -247,19 +275,30 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             if agent.scheduler is not None:
                 logger.log_scalar("train/temperature", agent.scheduler.value, frames)
             if frames >= next_eval or frames >= total:
-                next_eval += cfg.eval.interval_frames
+                if frames >= next_eval:  # not the end-of-run one: a longer resume keeps the grid
+                    next_eval += cfg.eval.interval_frames
                 last_eval = _evaluate_and_plot(
                     cfg, eval_env, agent, frames, run_dir, eval_log, logger
                 )
                 summary["eval"] = last_eval
             if frames >= next_ckpt or frames >= total:
-                next_ckpt += cfg.checkpoint.interval_frames
+                if frames >= next_ckpt:
+                    next_ckpt += cfg.checkpoint.interval_frames
                 save_checkpoint(
                     {
                         "agent": agent.state_dict(),
                         "buffer": _buffer_state(buffer),
                         "frames": frames,
-                        "torch_rng": torch.get_rng_state(),
+                        "loop": {
+                            "next_eval": next_eval,
+                            "next_ckpt": next_ckpt,
+                            "debt": debt,
+                            "metrics": metrics,
+                            "last_eval": last_eval,
+                        },
+                        "eval_env": {"resets": find_seeded_reset(eval_env).resets},
+                        "collector": collector_state(collector),
+                        "rng": rng_state(),  # last: nothing draws between here and the next batch
                     },
                     ckpt_dir,
                     frames,
@@ -281,6 +320,27 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         curve=str(run_dir / "learning_curve.png"),
     )
     return summary
+
+
+def _resume_collection(collector: Any, state: dict[str, Any]) -> None:
+    """Put the environment and the collector back where the checkpoint found them, then the
+    random generators (last, so nothing done here draws from them)."""
+    if state.get("collector") is None or not isinstance(collector, Collector):
+        log.warning(
+            "no collector state to restore (a multi-process collector, or a checkpoint older "
+            "than exact resume): the episode in progress restarts, so the resumed run is not "
+            "identical to an uninterrupted one."
+        )
+    elif not restore_collector(collector, state["collector"]):
+        log.warning(
+            "replaying the episode in progress did not reproduce the checkpoint's environment "
+            "state bit for bit (another machine or MuJoCo build?): the run continues from the "
+            "replayed state and is not identical to an uninterrupted one."
+        )
+    if "rng" in state:
+        set_rng_state(state["rng"])
+    else:
+        torch.set_rng_state(state["torch_rng"])
 
 
 def _evaluate_and_plot(
