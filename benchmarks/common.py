@@ -48,7 +48,8 @@ SIGMA_MIN, SIGMA_MAX = 1e-5, 1.0
 
 # The configurations compared by every script. Keys are the DiffusionActor keyword arguments
 # (num_steps, sampler, spacing, sigma_end, denoise, ema) and the IDEMScoreLoss ones
-# (num_mc_samples, num_mc_samples_small, small_sigma); use actor_kwargs / score_kwargs.
+# (num_mc_samples, num_mc_samples_small, small_sigma, estimator); use actor_kwargs /
+# score_kwargs.
 FIDELITY_DIR = ROOT / "recipes" / "config" / "fidelity"
 
 
@@ -64,15 +65,20 @@ def _fidelity(name: str, description: str, **changes: Any) -> dict[str, Any]:
 CONFIGS: dict[str, dict[str, Any]] = {
     "paper": _fidelity("paper", "paper table 1: K=1000; Euler-Maruyama, 1000 uniform-tau steps"),
     "fast": _fidelity(
-        "fast", "fidelity=fast: K=64 (K=2 at sigma<=1e-2); EM 20 geometric steps to 3e-2 + Tweedie"
+        "fast",
+        "fidelity=fast: blended target K=16 (K=2 at sigma<=1e-2); ancestral 10 geometric steps "
+        "to 1e-2 + Tweedie",
     ),
-    "fast10": _fidelity(
-        "fast", "fast with EM 10 geometric steps to 1e-2 + Tweedie", num_steps=10, sigma_end=1e-2
+    "fast_idem64": _fidelity(
+        "fast",
+        "fast with the gradient-form target at K=64 (K=2 at sigma<=1e-2): the previous default",
+        estimator="idem",
+        num_mc_samples=64,
     ),
 }
 
 _ACTOR_KEYS = ("num_steps", "sampler", "spacing", "sigma_end", "denoise", "ema")
-_SCORE_KEYS = ("num_mc_samples", "num_mc_samples_small", "small_sigma")
+_SCORE_KEYS = ("num_mc_samples", "num_mc_samples_small", "small_sigma", "estimator")
 
 
 def actor_kwargs(config: dict[str, Any]) -> dict[str, Any]:
@@ -98,7 +104,7 @@ def select_configs(names: str) -> dict[str, dict[str, Any]]:
 
 def config_summary(config: dict[str, Any]) -> str:
     """A one-line description of the sampler and estimator settings of a configuration."""
-    k = f"K={config['num_mc_samples']}"
+    k = f"{config['estimator']} K={config['num_mc_samples']}"
     if config["num_mc_samples_small"] is not None:
         k += f" (K={config['num_mc_samples_small']} at sigma<={config['small_sigma']:g})"
     end = config["sigma_end"] if config["sigma_end"] is not None else SIGMA_MIN

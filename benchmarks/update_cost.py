@@ -14,7 +14,7 @@ next-action sampling), the score target, the regression (the rest of the actor s
 soft updates.
 
 Full run (quiet machine):
-    .venv/bin/python benchmarks/update_cost.py --configs paper,fast,fast10
+    .venv/bin/python benchmarks/update_cost.py --configs paper,fast,fast_idem64
 Check that it runs:
     .venv/bin/python benchmarks/update_cost.py --quick
 """
@@ -51,7 +51,7 @@ NAME = "update_cost"
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser)
-    parser.add_argument("--configs", default="paper,fast,fast10", help="names in CONFIGS")
+    parser.add_argument("--configs", default="paper,fast,fast_idem64", help="names in CONFIGS")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first")

@@ -37,9 +37,13 @@ sigma_max = 2 trades a 0.013 start bias for faster learning. Both temperatures i
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
+import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from tensordict import TensorDict
 from torch import Tensor
 from torchrl.data import Bounded
@@ -47,6 +51,7 @@ from torchrl.objectives import SoftUpdate
 
 from dqs_torchrl import DiffusionActor, EnergyCritic, IDEMScoreLoss, ScoreNetwork, unsquash
 
+FIDELITY_DIR = Path(__file__).resolve().parents[1] / "recipes" / "config" / "fidelity"
 STATES = (1.0, -1.0)
 TEMPERATURES = (1.0, 0.5)
 LEFT_WEIGHT = 0.7  # w(+1); w(-1) = 1 - LEFT_WEIGHT
@@ -55,10 +60,16 @@ MODE, WIDTH = 0.5, 0.2  # modes at a = -MODE and +MODE, std WIDTH
 SEED = 1
 UPDATES = 8000
 BATCH_PER_TEMPERATURE = 128
-NUM_MC_SAMPLES = 256
 SIGMA_MIN, SIGMA_MAX, NUM_STEPS = 1e-2, 2.0, 200
 NUM_DRAWS = 4000  # per (state, T)
 TOLERANCE = 0.05
+
+
+def score_estimator(fidelity: str) -> dict[str, Any]:
+    """The Monte Carlo estimator settings of ``recipes/config/fidelity/<fidelity>.yaml``."""
+    cfg = OmegaConf.load(FIDELITY_DIR / f"{fidelity}.yaml")
+    keys = ("num_mc_samples", "num_mc_samples_small", "small_sigma", "estimator")
+    return {key: cfg[key] for key in keys}
 
 
 def q_value(observation: Tensor, action: Tensor) -> Tensor:
@@ -101,7 +112,7 @@ def uniform_action_latents(n: int) -> Tensor:
     return unsquash(action, torch.tensor([-1.0]), torch.tensor([1.0]))
 
 
-def train_actor(seed: int = SEED, updates: int = UPDATES) -> DiffusionActor:
+def train_actor(seed: int = SEED, updates: int = UPDATES, **estimator: Any) -> DiffusionActor:
     torch.manual_seed(seed)
     actor = DiffusionActor(
         ScoreNetwork(observation_dim=1, action_dim=1, num_cells=128, embedding_dim=64),
@@ -112,7 +123,7 @@ def train_actor(seed: int = SEED, updates: int = UPDATES) -> DiffusionActor:
         ema=True,
     )
     critic = EnergyCritic(lambda s, a: -q_value(s, a), uses_observation=True)  # Q = -E
-    loss = IDEMScoreLoss(actor, critic, num_mc_samples=NUM_MC_SAMPLES)
+    loss = IDEMScoreLoss(actor, critic, **estimator)
     ema = SoftUpdate(loss, tau=0.002)  # the actor samples with this average
     params = list(actor.score_network.parameters())
     optimizer = torch.optim.Adam(params, lr=1e-3)
@@ -144,7 +155,8 @@ def sampled_negative_mass(actor: DiffusionActor, state: float, temperature: floa
     return (actions < 0).float().mean().item()
 
 
-def test_learned_sampler_matches_the_boltzmann_mode_masses():
+@pytest.mark.parametrize("fidelity", ["paper", "fast"])
+def test_learned_sampler_matches_the_boltzmann_mode_masses(fidelity):
     exact = {(s, t): boltzmann_negative_mass(s, t) for s in STATES for t in TEMPERATURES}
     # The target is a real test of both inputs: the heavy mode swaps with the state, and the
     # masses at the two temperatures are further apart than twice the tolerance, so a sampler
@@ -162,7 +174,7 @@ def test_learned_sampler_matches_the_boltzmann_mode_masses():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the suite runs under pytest-xdist -n 2 on two cores
     try:
-        actor = train_actor()
+        actor = train_actor(**score_estimator(fidelity))
         torch.manual_seed(0)
         measured = {key: sampled_negative_mass(actor, *key) for key in exact}
         deterministic = {

@@ -114,7 +114,7 @@ def _dims(env: EnvBase) -> tuple[int, int]:
     return env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
 
 
-def _diffusion_actor(cfg: DictConfig, env: EnvBase) -> DiffusionActor:
+def _diffusion_actor(cfg: DictConfig, env: EnvBase, device: torch.device) -> DiffusionActor:
     obs_dim, act_dim = _dims(env)
     a = cfg.algo
     return DiffusionActor(
@@ -129,14 +129,14 @@ def _diffusion_actor(cfg: DictConfig, env: EnvBase) -> DiffusionActor:
         denoise=a.denoise,
         temperature=a.temperature.initial,
         ema=a.ema,
-    )
+    ).to(device)
 
 
-def _diffusion_agent(cfg: DictConfig, env: EnvBase, qsm: bool) -> Agent:
+def _diffusion_agent(cfg: DictConfig, env: EnvBase, qsm: bool, device: torch.device) -> Agent:
     obs_dim, act_dim = _dims(env)
     a, o = cfg.algo, cfg.optim
-    actor = _diffusion_actor(cfg, env)
-    qloss = DoubleQLoss(actor, make_q_network(obs_dim, act_dim, a.q_cells))
+    actor = _diffusion_actor(cfg, env, device)
+    qloss = DoubleQLoss(actor, make_q_network(obs_dim, act_dim, a.q_cells).to(device))
     qloss.make_value_estimator(gamma=o.gamma)
     if qsm:
         aloss = QSMLoss(actor, qloss, scale=a.qsm_scale, max_score_norm=a.max_score_norm)
@@ -148,10 +148,15 @@ def _diffusion_agent(cfg: DictConfig, env: EnvBase, qsm: bool) -> Agent:
             num_mc_samples=a.num_mc_samples,
             num_mc_samples_small=a.num_mc_samples_small,
             small_sigma=a.small_sigma,
+            estimator=a.estimator,
             max_score_norm=a.max_score_norm,
             tanh_correction=a.tanh_correction,
         )
         targets = [actor, qloss, aloss]
+    # Buffers the losses create (coefficients, target parameters) follow the networks; the
+    # optimisers are built after the move, on the parameters as they are on the device.
+    qloss.to(device)
+    aloss.to(device)
     t = a.temperature
     scheduler = TemperatureScheduler(
         targets,
@@ -178,11 +183,14 @@ def _diffusion_agent(cfg: DictConfig, env: EnvBase, qsm: bool) -> Agent:
 
 
 def make_sac(
-    env: EnvBase, num_cells: tuple[int, ...] = (256, 256), gamma: float = 0.99
+    env: EnvBase,
+    num_cells: tuple[int, ...] = (256, 256),
+    gamma: float = 0.99,
+    device: torch.device | str = "cpu",
 ) -> tuple[ProbabilisticActor, SACLoss]:
-    """TorchRL's SAC (tanh-Gaussian actor, two critics, automatic entropy tuning)."""
+    """TorchRL's SAC (tanh-Gaussian actor, two critics, automatic entropy tuning) on ``device``."""
     obs_dim, act_dim = _dims(env)
-    spec = env.action_spec
+    spec = env.action_spec.to(device)
     net = nn.Sequential(
         MLP(
             in_features=obs_dim,
@@ -193,7 +201,7 @@ def make_sac(
         NormalParamExtractor(),
     )
     actor = ProbabilisticActor(
-        TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"]),
+        TensorDictModule(net.to(device), in_keys=["observation"], out_keys=["loc", "scale"]),
         in_keys=["loc", "scale"],
         spec=spec,
         distribution_class=TanhNormal,
@@ -202,19 +210,19 @@ def make_sac(
     )
     loss = SACLoss(
         actor,
-        make_q_network(obs_dim, act_dim, num_cells),
+        make_q_network(obs_dim, act_dim, num_cells).to(device),
         num_qvalue_nets=2,
         action_spec=spec,
         target_entropy="auto",
         alpha_init=1.0,
     )
     loss.make_value_estimator(gamma=gamma)
-    return actor, loss
+    return actor, loss.to(device)
 
 
-def _sac_agent(cfg: DictConfig, env: EnvBase) -> Agent:
+def _sac_agent(cfg: DictConfig, env: EnvBase, device: torch.device) -> Agent:
     o = cfg.optim
-    actor, loss = make_sac(env, tuple(cfg.algo.q_cells), o.gamma)
+    actor, loss = make_sac(env, tuple(cfg.algo.q_cells), o.gamma, device)
     return Agent(
         policy=actor,
         losses={"sac": (loss, "")},
@@ -224,11 +232,14 @@ def _sac_agent(cfg: DictConfig, env: EnvBase) -> Agent:
     )
 
 
-def make_agent(cfg: DictConfig, env: EnvBase) -> Agent:
-    """Build the agent named by ``cfg.algo.name`` (``dqs``, ``sac`` or ``qsm``) for ``env``."""
+def make_agent(cfg: DictConfig, env: EnvBase, device: torch.device | str = "cpu") -> Agent:
+    """Build the agent named by ``cfg.algo.name`` (``dqs``, ``sac`` or ``qsm``) for ``env``,
+    its networks, losses and optimiser states on ``device`` (the environment stays where it
+    is; the collector moves observations and actions)."""
     name = cfg.algo.name
+    device = torch.device(device)
     if name == "sac":
-        return _sac_agent(cfg, env)
+        return _sac_agent(cfg, env, device)
     if name in ("dqs", "qsm"):
-        return _diffusion_agent(cfg, env, qsm=name == "qsm")
+        return _diffusion_agent(cfg, env, qsm=name == "qsm", device=device)
     raise ValueError(f"algo.name must be one of dqs, sac, qsm; got {name!r}.")

@@ -5,13 +5,15 @@ from __future__ import annotations
 from importlib import metadata
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
 from dqs_torchrl.actor import SPACINGS
+from dqs_torchrl.objectives.idem import IDEMScoreLoss
 from dqs_torchrl.samplers import SAMPLERS
 from dqs_torchrl.temperature import SCHEDULES
 
-__all__ = ["ConfigError", "validate_config"]
+__all__ = ["ConfigError", "resolve_device", "validate_config"]
 
 _LOGGERS = ("csv", "wandb", "tensorboard")
 _BACKENDS = ("local", "ray")  # collection: this machine's processes, or Ray actors
@@ -19,6 +21,13 @@ _BACKENDS = ("local", "ray")  # collection: this machine's processes, or Ray act
 
 class ConfigError(ValueError):
     """An invalid recipe configuration, caught before any training."""
+
+
+def resolve_device(cfg: DictConfig) -> torch.device:
+    """``cfg.device`` as a torch device: ``auto`` is CUDA when torch sees a GPU, else CPU."""
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
 
 
 def _get(cfg: DictConfig, field: str) -> Any:
@@ -87,6 +96,12 @@ def validate_config(cfg: DictConfig) -> None:
     _int(cfg, "collector.frames_per_batch", 1)
     _int(cfg, "collector.num_workers", 1)
     _choice(cfg, "collector.backend", _BACKENDS)
+    _choice(cfg, "device", ("auto", "cpu", "cuda"))
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device=cuda but torch sees no CUDA device (torch.cuda.is_available() is False); "
+            "use device=auto or device=cpu."
+        )
     if cfg.collector.backend == "ray":
         try:
             metadata.version("ray")
@@ -122,6 +137,7 @@ def validate_config(cfg: DictConfig) -> None:
     if _get(cfg, a + "num_mc_samples_small") is not None:
         _int(cfg, a + "num_mc_samples_small", 1)
     _num(cfg, a + "small_sigma", 0.0)
+    _choice(cfg, a + "estimator", IDEMScoreLoss.ESTIMATORS)
     _int(cfg, a + "score_cells", 1)
     _int(cfg, a + "embedding_dim", 2)
     _num(cfg, a + "sigma_min", 0.0)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from dqs_torchrl.harness.agents import Agent, NonFiniteLossError, make_agent
 from dqs_torchrl.harness.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from dqs_torchrl.harness.config import validate_config
+from dqs_torchrl.harness.config import resolve_device, validate_config
 from dqs_torchrl.harness.plotting import plot_learning_curve
 from dqs_torchrl.harness.resume import (
     SeededReset,
@@ -106,6 +106,11 @@ def _ray_collector(makers: list[Any], policy: Any, **kwargs: Any) -> Any:
     return collector
 
 
+def _on(batch: Any, device: torch.device) -> Any:
+    """A replay batch on the update device (the buffer stays on the CPU)."""
+    return batch if device.type == "cpu" else batch.to(device)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -118,9 +123,13 @@ def evaluate(
     """Run ``episodes`` episodes; return their returns and their observation trajectories."""
     mode = ExplorationType.DETERMINISTIC if deterministic else ExplorationType.RANDOM
     returns, trajectories = [], []
+    params = next(iter(policy.parameters()), None) if hasattr(policy, "parameters") else None
+    on_device = params is not None and params.device.type != "cpu"  # env steps on the CPU
     with torch.no_grad(), set_exploration_type(mode):
         for _ in range(episodes):
-            rollout = env.rollout(max_steps, policy, break_when_any_done=True)
+            rollout = env.rollout(
+                max_steps, policy, break_when_any_done=True, auto_cast_to_device=on_device
+            )
             returns.append(rollout["next", "reward"].sum().item())
             trajectories.append(
                 torch.cat([rollout["observation"][:1], rollout["next", "observation"]])
@@ -180,7 +189,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
     env = make_env(cfg, cfg.seed)
     eval_env = make_env(cfg, cfg.seed + 10_000)
-    agent = make_agent(cfg, env)
+    device = resolve_device(cfg)
+    agent = make_agent(cfg, env, device)
     buffer = TensorDictReplayBuffer(
         storage=LazyTensorStorage(cfg.buffer.size), batch_size=cfg.buffer.batch_size
     )
@@ -222,6 +232,12 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         init_random_frames=max(0, cfg.collector.init_random_frames - frames),
         postproc=agent.postproc,
         auto_register_policy_transforms=False,
+        # On a GPU the policy acts there; envs and the replay data stay on the CPU.
+        **(
+            {"policy_device": device, "env_device": "cpu", "storing_device": "cpu"}
+            if device.type != "cpu"
+            else {}
+        ),
     )
     loop = state.get("loop", {})  # absent from checkpoints older than exact resume
     next_eval = loop.get(
@@ -252,7 +268,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                 while debt >= 1:
                     debt -= 1
                     try:
-                        metrics = agent.update(buffer.sample())
+                        metrics = agent.update(_on(buffer.sample(), device))
                     except NonFiniteLossError as err:
                         snap = run_dir / "diagnostics" / f"nonfinite_{frames:012d}.pt"
                         snap.parent.mkdir(exist_ok=True)
