@@ -199,4 +199,3 @@ def test_call_time_temperature_is_checked(value):
     td = TensorDict(observation=obs, temperature=torch.full((4, 1), value), batch_size=[4])
     with pytest.raises(ValueError, match="temperature"):
         actor(td)
-

@@ -29,25 +29,29 @@ def smoke_cfg(*overrides: str):
 
 
 @pytest.mark.parametrize(
-    "backend",
+    ("backend", "sync"),
     [
-        "local",
+        ("local", True),
+        ("local", False),
         pytest.param(
             "ray",
+            True,
             marks=pytest.mark.skipif(
                 not HAS_RAY, reason="ray is not installed: pip install -e '.[ray]' (part of dev)"
             ),
         ),
     ],
 )
-def test_workers_receive_updated_weights(backend, monkeypatch):
+def test_workers_receive_updated_weights(backend, sync, monkeypatch):
     if backend == "ray":  # keep the local Ray instance on 127.0.0.1, not the machine's address
         from ray._private import ray_constants
 
         monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
         monkeypatch.setenv(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, "0")
         monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")  # as the harness sets by default
-    cfg = smoke_cfg("collector.num_workers=2", f"collector.backend={backend}")
+    cfg = smoke_cfg(
+        "collector.num_workers=2", f"collector.backend={backend}", f"collector.sync={sync}"
+    )
     validate_config(cfg)
     torch.manual_seed(0)
     env = make_env(cfg, cfg.seed)
@@ -62,7 +66,11 @@ def test_workers_receive_updated_weights(backend, monkeypatch):
         exploration_type=ExplorationType.DETERMINISTIC,
     )
     try:
-        expected_class = {"local": "MultiSyncCollector", "ray": "RayCollector"}[backend]
+        expected_class = {
+            ("local", True): "MultiSyncCollector",
+            ("local", False): "MultiAsyncCollector",
+            ("ray", True): "RayCollector",
+        }[backend, sync]
         assert type(collector).__name__ == expected_class
         with torch.no_grad():  # a "training step": change the weights the workers act with
             for p in actor.ema_network.buffers():
@@ -72,7 +80,8 @@ def test_workers_receive_updated_weights(backend, monkeypatch):
         batch = next(iter(collector))
     finally:
         collector.shutdown()
-    assert batch.shape == (2, 10)  # one row per worker process / Ray actor
+    # Sync: one row per worker process / Ray actor; async: one worker's batch as it comes.
+    assert batch.shape == ((2, 10) if sync else (20,)), batch.shape
     flat = batch.reshape(-1)
     with set_exploration_type(ExplorationType.DETERMINISTIC):
         expected, _ = actor.sample(flat["observation"], deterministic=True)
@@ -85,6 +94,8 @@ def test_workers_receive_updated_weights(backend, monkeypatch):
 def test_backend_is_validated(monkeypatch):
     with pytest.raises(ConfigError, match="collector.backend must be one of local, ray"):
         validate_config(smoke_cfg("collector.backend=dask"))
+    with pytest.raises(ConfigError, match="collector.sync must be true or false; got 'often'"):
+        validate_config(smoke_cfg("collector.sync=often"))
 
     def missing(name: str) -> str:
         raise metadata.PackageNotFoundError(name)

@@ -96,6 +96,8 @@ def validate_config(cfg: DictConfig) -> None:
     _int(cfg, "collector.frames_per_batch", 1)
     _int(cfg, "collector.num_workers", 1)
     _choice(cfg, "collector.backend", _BACKENDS)
+    if not isinstance(_get(cfg, "collector.sync"), bool):
+        raise ConfigError(f"collector.sync must be true or false; got {cfg.collector.sync!r}.")
     _choice(cfg, "device", ("auto", "cpu", "cuda"))
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError(

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict
-from torchrl.collectors import Collector, MultiSyncCollector
+from torchrl.collectors import Collector, MultiAsyncCollector, MultiSyncCollector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
@@ -63,7 +63,9 @@ def make_env(cfg: DictConfig, seed: int) -> EnvBase:
 
 def _make_collector(cfg: DictConfig, env: EnvBase, policy: Any, **kwargs: Any) -> Any:
     """TorchRL's ``Collector``, or ``MultiSyncCollector`` over ``collector.num_workers``
-    processes (one environment each, seeded ``seed + worker``) when that is above 1, or with
+    processes (one environment each, seeded ``seed + worker``) when that is above 1
+    (``MultiAsyncCollector`` with ``collector.sync=false``: each batch comes from whichever
+    worker is ready, so collection never waits for the slowest), or with
     ``collector.backend=ray`` a ``RayCollector`` over as many Ray actors (:func:`_ray_collector`).
     """
     workers = cfg.collector.num_workers
@@ -73,11 +75,13 @@ def _make_collector(cfg: DictConfig, env: EnvBase, policy: Any, **kwargs: Any) -
     kwargs.pop("auto_register_policy_transforms", None)
     makers = [partial(make_env, cfg, cfg.seed + i) for i in range(workers)]
     if cfg.collector.backend == "ray":
-        return _ray_collector(makers, policy, **kwargs)
+        return _ray_collector(makers, policy, sync=cfg.collector.sync, **kwargs)
+    if not cfg.collector.sync:
+        return MultiAsyncCollector(makers, policy, **kwargs)
     return MultiSyncCollector(makers, policy, cat_results="stack", **kwargs)
 
 
-def _ray_collector(makers: list[Any], policy: Any, **kwargs: Any) -> Any:
+def _ray_collector(makers: list[Any], policy: Any, sync: bool = True, **kwargs: Any) -> Any:
     """``RayCollector``: one remote ``Collector`` actor (1 CPU) per environment maker, their
     batches gathered synchronously and stacked ``[workers, frames]`` like MultiSyncCollector.
 
@@ -96,7 +100,7 @@ def _ray_collector(makers: list[Any], policy: Any, **kwargs: Any) -> Any:
     collector = RayCollector(
         makers,
         policy,
-        sync=True,
+        sync=sync,
         ray_init_config={} if os.environ.get("RAY_ADDRESS") else local,
         remote_configs={"num_cpus": 1},  # TorchRL's default also reserves 2 GiB and a GPU share
         collector_kwargs={"auto_register_policy_transforms": False},  # as train() asks locally
