@@ -194,6 +194,26 @@ def _quadrature_score(log_density, x: torch.Tensor, sigma: float) -> torch.Tenso
     return ((w * (y - x)).sum(-1, keepdim=True)) / sigma**2
 
 
+SKEWED_T = 0.5  # Q(a) = 3a on [-1, 1] at this temperature, tanh-corrected latent
+
+
+def _skewed_loss(**kwargs) -> IDEMScoreLoss:
+    return IDEMScoreLoss(
+        _actor(1), EnergyCritic(lambda a: -3.0 * a.sum(-1)), temperature=SKEWED_T, **kwargs
+    )
+
+
+def _skewed_problem(sigma: float):
+    """121 points in [-3, 3] and the exact noised score there, by quadrature."""
+
+    def log_density(y):
+        return 3.0 * torch.tanh(y) / SKEWED_T + 2.0 * (math.log(2.0) - y - F.softplus(-2 * y))
+
+    x = torch.linspace(-3.0, 3.0, 121, dtype=DTYPE).unsqueeze(-1)
+    exact = _quadrature_score(log_density, x, sigma)
+    return torch.zeros(121, 0, dtype=DTYPE), x, torch.full_like(x, sigma), exact
+
+
 @pytest.mark.parametrize(
     ("sigma", "rel_tol"),
     # Measured rel error at K=1024: 8.9e-4 (sigma 0.05), 0.0147 (sigma 0.3); ~3-5x margin.
@@ -203,29 +223,14 @@ def test_score_target_matches_quadrature_for_a_non_gaussian_latent(sigma, rel_to
     # Q(a) = 3a on [-1, 1] at T = 0.5 with the tanh correction: latent log-density
     # 6 tanh(x) + log(1 - tanh(x)^2), skewed and not Gaussian; the noised score is compared
     # with a quadrature of the convolution at a noise level where the Jacobian term matters.
-    temperature = 0.5
-    loss = IDEMScoreLoss(
-        _actor(1), EnergyCritic(lambda a: -3.0 * a.sum(-1)), temperature=temperature
-    )
-
-    def log_density(y):
-        return 3.0 * torch.tanh(y) / temperature + 2.0 * (math.log(2.0) - y - F.softplus(-2 * y))
-
-    x = torch.linspace(-3.0, 3.0, 121, dtype=DTYPE).unsqueeze(-1)
-    exact = _quadrature_score(log_density, x, sigma)
-    sigmas = torch.full_like(x, sigma)
-    observation = torch.zeros(121, 0, dtype=DTYPE)
+    loss = _skewed_loss()
+    observation, x, sigmas, exact = _skewed_problem(sigma)
     generator = torch.Generator().manual_seed(31)
     target, _ = loss.score_target(observation, x, sigmas, num_mc_samples=1024, generator=generator)
     rel = ((target - exact).abs().mean() / exact.abs().mean()).item()
     assert rel < rel_tol
     # The same comparison without the Jacobian term is far off: the check can tell them apart.
-    uncorrected = IDEMScoreLoss(
-        _actor(1),
-        EnergyCritic(lambda a: -3.0 * a.sum(-1)),
-        temperature=temperature,
-        tanh_correction=False,
-    )
+    uncorrected = _skewed_loss(tanh_correction=False)
     target, _ = uncorrected.score_target(
         observation, x, sigmas, num_mc_samples=1024, generator=generator
     )
@@ -262,29 +267,13 @@ def test_blend_estimator_converges_for_a_non_gaussian_latent(sigma, rel_tol):
     # The skewed latent of the quadrature test above: here the blend is not exact (the
     # curvature varies), but both of its forms are consistent, so it must converge to the
     # quadrature score, and at K=16 it must not be worse than the gradient form.
-    temperature = 0.5
-
-    def make(estimator):
-        return IDEMScoreLoss(
-            _actor(1),
-            EnergyCritic(lambda a: -3.0 * a.sum(-1)),
-            temperature=temperature,
-            estimator=estimator,
-        )
-
-    def log_density(y):
-        return 3.0 * torch.tanh(y) / temperature + 2.0 * (math.log(2.0) - y - F.softplus(-2 * y))
-
-    x = torch.linspace(-3.0, 3.0, 121, dtype=DTYPE).unsqueeze(-1)
-    exact = _quadrature_score(log_density, x, sigma)
-    sigmas = torch.full_like(x, sigma)
-    observation = torch.zeros(121, 0, dtype=DTYPE)
+    observation, x, sigmas, exact = _skewed_problem(sigma)
 
     def rel(estimator, k):
         g = torch.Generator().manual_seed(31)
         errs = []
         for _ in range(8):
-            target, _ = make(estimator).score_target(
+            target, _ = _skewed_loss(estimator=estimator).score_target(
                 observation, x, sigmas, num_mc_samples=k, generator=g
             )
             errs.append(((target - exact).abs().mean() / exact.abs().mean()).item())
