@@ -22,9 +22,9 @@ Error budget of the 0.05 tolerance (torch 2.13, CPU):
   reverse SDE would give masses 0.012-0.014 too balanced (computed below; 0.035-0.045 with the
   paper's sigma_max = 1, which is why sigma_max = 2 here);
 - the learned score: the rest. Measured max |error| over the four cases (torch 2.13, CPU):
-  ``fidelity=paper`` (iDEM's gradient form, K=1000): 0.024 with training seed 1 (the one used),
-  largest at T = 0.5 in state +1 (0.825 vs 0.844) and T = 1 in state -1 (0.326 vs 0.302),
-  towards 0.5; ``fidelity=fast`` (blend, K=16, K=2 at sigma <= 1e-2): 0.024, 0.018, 0.025 with
+  ``fidelity=paper`` (iDEM's gradient form, K=1000): 0.024 and 0.026 with training seeds 1
+  (the one used) and 2, largest at T = 0.5 in state +1 (0.821-0.825 vs 0.844) and T = 1 in
+  state -1 (0.326-0.329 vs 0.302), towards 0.5; ``fidelity=fast`` (blend, K=16, K=2 at sigma <= 1e-2): 0.024, 0.018, 0.025 with
   seeds 1, 2, 3, largest at T = 0.5, slightly *away* from 0.5 (0.852-0.862 vs 0.844 in state
   +1, 0.131-0.141 vs 0.156 in state -1). The fast estimator trains a network that samples as
   well as the paper's K=1000 (issue 4), in a quarter to a half of the training time.
@@ -36,7 +36,7 @@ sigma_max = 2 trades a 0.013 start bias for faster learning. Both temperatures i
 (half batch each, losses summed); cosine learning-rate decay and an EMA of the weights
 (``SoftUpdate``), which keep the final masses from wandering by +-0.02 between checkpoints;
 8000 updates (at 5000 the masses were still 0.04-0.07 too balanced). Training time on one
-core of a loaded 2-core machine: 90-145 s (fast), 347 s (paper).
+core of a loaded 2-core machine: 90-145 s (fast), 182-347 s (paper).
 """
 
 from __future__ import annotations
