@@ -14,7 +14,7 @@ here) and each batch size (1: one environment; 16: e.g. 16 parallel environments
 action 6), T = 0.05, random weights (the cost does not depend on them).
 
 Full run (quiet machine):
-    .venv/bin/python benchmarks/action_latency.py --configs paper,fast,fast_idem64
+    .venv/bin/python benchmarks/action_latency.py --configs paper,fast,fast_compiled
 Check that it runs:
     .venv/bin/python benchmarks/action_latency.py --quick
 """
@@ -51,7 +51,7 @@ NAME = "action_latency"
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser)
-    parser.add_argument("--configs", default="paper,fast,fast_idem64", help="names in CONFIGS")
+    parser.add_argument("--configs", default="paper,fast,fast_compiled", help="names in CONFIGS")
     parser.add_argument("--batch-sizes", default="1,16", help="comma-separated")
     parser.add_argument("--repeats", type=int, default=50, help="timed calls per measurement")
     parser.add_argument("--warmup", type=int, default=5)

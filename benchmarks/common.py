@@ -59,7 +59,7 @@ def _fidelity(name: str, description: str, **changes: Any) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     config = dict(OmegaConf.to_container(OmegaConf.load(FIDELITY_DIR / f"{name}.yaml")))
-    return {"description": description, **config, "ema": True, **changes}
+    return {"description": description, **config, "ema": True, "compile_sampler": False, **changes}
 
 
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -69,6 +69,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "fidelity=fast: blended target K=16 (K=2 at sigma<=1e-2); ancestral 10 geometric steps "
         "to 1e-2 + Tweedie",
     ),
+    "fast_compiled": _fidelity(
+        "fast", "fast with DiffusionActor(compile_sampler=True)", compile_sampler=True
+    ),
     "fast_idem64": _fidelity(
         "fast",
         "fast with the gradient-form target at K=64 (K=2 at sigma<=1e-2): the previous default",
@@ -77,7 +80,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     ),
 }
 
-_ACTOR_KEYS = ("num_steps", "sampler", "spacing", "sigma_end", "denoise", "ema")
+_ACTOR_KEYS = ("num_steps", "sampler", "spacing", "sigma_end", "denoise", "ema", "compile_sampler")
 _SCORE_KEYS = ("num_mc_samples", "num_mc_samples_small", "small_sigma", "estimator")
 
 
@@ -109,6 +112,7 @@ def config_summary(config: dict[str, Any]) -> str:
         k += f" (K={config['num_mc_samples_small']} at sigma<={config['small_sigma']:g})"
     end = config["sigma_end"] if config["sigma_end"] is not None else SIGMA_MIN
     tweedie = " + Tweedie" if config["denoise"] else ""
+    tweedie += ", compiled loop" if config["compile_sampler"] else ""
     return (
         f"{k}; {config['sampler']} {config['num_steps']} {config['spacing']} steps "
         f"to {end:g}{tweedie}"
