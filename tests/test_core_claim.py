@@ -26,8 +26,9 @@ Error budget of the 0.05 tolerance (torch 2.13, CPU):
   (the one used) and 2, largest at T = 0.5 in state +1 (0.821-0.825 vs 0.844) and T = 1 in
   state -1 (0.326-0.329 vs 0.302), towards 0.5; ``fidelity=fast`` (blend, K=16, K=2 at
   sigma <= 1e-2): 0.024, 0.018, 0.025 with seeds 1, 2, 3, largest at T = 0.5, slightly *away*
-  from 0.5 (0.852-0.862 vs 0.844 in state +1, 0.131-0.141 vs 0.156 in state -1). The fast estimator trains a network that samples as
-  well as the paper's K=1000 (issue 4), in a quarter to a half of the training time.
+  from 0.5 (0.852-0.862 vs 0.844 in state +1, 0.131-0.141 vs 0.156 in state -1). The fast
+  estimator trains a network that samples as well as the paper's K=1000 (issue 4), in a
+  quarter to a half of the training time.
 
 Settings (and why): sigma in [1e-2, 2]. Noise below 1e-2 does not move mass (the latent modes
 are ~0.2 wide); above ~1.5 the K-sample iDEM target gets so noisy (sigma^2-weighted variance
