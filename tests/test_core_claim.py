@@ -161,6 +161,9 @@ def sampled_negative_mass(actor: DiffusionActor, state: float, temperature: floa
     return (actions < 0).float().mean().item()
 
 
+# The paper preset trains for ~3 min on a quiet core and took ~6 min on a loaded machine: above
+# the suite's 300 s default, which is meant for tests that hang, not for this one.
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("fidelity", ["paper", "fast"])
 def test_learned_sampler_matches_the_boltzmann_mode_masses(fidelity):
     exact = {(s, t): boltzmann_negative_mass(s, t) for s in STATES for t in TEMPERATURES}
