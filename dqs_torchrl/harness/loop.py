@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import random
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,12 @@ def _ray_collector(makers: list[Any], policy: Any, sync: bool = True, **kwargs: 
         collector_kwargs={"auto_register_policy_transforms": False},  # as train() asks locally
         **kwargs,
     )
+    # The first push connects a gloo process group with every actor. TorchRL 0.14.1 gives the
+    # actors a fixed 60 s to join; on a loaded 2-core machine (a test suite beside 2 actors)
+    # joining took longer and the run died, so the driver side waits up to 10 minutes.
+    from torchrl.weight_update import _ray as ray_weight_sync
+
+    ray_weight_sync._DIST_TIMEOUT = max(ray_weight_sync._DIST_TIMEOUT, timedelta(minutes=10))
     collector.update_policy_weights_()
     return collector
 
