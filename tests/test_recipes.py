@@ -59,6 +59,29 @@ def test_dmc_recipe_smoke(tmp_path, algo):
     # 300 frames, 100 random, one update per frame after that: 200 updates
     assert state["agent"]["num_updates"] == 200
     assert len(list((tmp_path / "checkpoints").glob("ckpt_*.pt"))) == 3  # keep_last
+    if algo != "sac":  # the default fidelity is the fast preset
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.load(tmp_path / "config.yaml").algo
+        assert (cfg.estimator, cfg.sampler, cfg.num_mc_samples_small) == ("blend", "ancestral", 2)
+
+
+def test_fidelity_paper_switch_restores_table_1(tmp_path):
+    """``fidelity=paper`` is one switch from the default: the paper's sampler and estimator
+    reach the run (the smoke preset still shrinks K and the step count)."""
+    from omegaconf import OmegaConf
+
+    proc = run_recipe("dqs_dmc.py", tmp_path, "fidelity=paper")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    algo = OmegaConf.load(tmp_path / "config.yaml").algo
+    assert (algo.estimator, algo.sampler, algo.sigma_end, algo.denoise) == (
+        "idem",
+        "euler_maruyama",
+        None,
+        False,
+    )
+    assert algo.num_mc_samples_small is None  # one K at every sigma, as in table 1
+    assert [int(r["frames"]) for r in eval_rows(tmp_path)] == [150, 300]
 
 
 @pytest.mark.parametrize("algo", ["dqs", "sac", "qsm"])
