@@ -148,10 +148,12 @@ def test_resume_continues_from_checkpoint(tmp_path):
         ("logger.backend=mlflow", "logger.backend"),
         ("device=tpu", "device"),
         ("algo.estimator=mean", "algo.estimator"),
+        ("algo.compile_sampler=fast", "algo.compile_sampler"),
+        ("algo.sampler=heun algo.compile_sampler=true", "algo.compile_sampler"),
     ],
 )
 def test_bad_override_fails_before_training(tmp_path, override, field):
-    proc = run_recipe("dqs_dmc.py", tmp_path, override)
+    proc = run_recipe("dqs_dmc.py", tmp_path, *override.split())
     assert proc.returncode != 0
     assert f"{field} must" in proc.stderr  # the message names the field and what it accepts
     assert not (tmp_path / "checkpoints").exists()

@@ -129,6 +129,7 @@ def _diffusion_actor(cfg: DictConfig, env: EnvBase, device: torch.device) -> Dif
         denoise=a.denoise,
         temperature=a.temperature.initial,
         ema=a.ema,
+        compile_sampler=a.compile_sampler,
     ).to(device)
 
 

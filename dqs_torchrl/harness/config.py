@@ -16,6 +16,7 @@ from dqs_torchrl.temperature import SCHEDULES
 __all__ = ["ConfigError", "resolve_device", "validate_config"]
 
 _LOGGERS = ("csv", "wandb", "tensorboard")
+_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _BACKENDS = ("local", "ray")  # collection: this machine's processes, or Ray actors
 
 
@@ -149,6 +150,17 @@ def validate_config(cfg: DictConfig) -> None:
     )
     _choice(cfg, a + "sampler", tuple(SAMPLERS))
     _choice(cfg, a + "spacing", tuple(SPACINGS))
+    compile_mode = _get(cfg, a + "compile_sampler")
+    if compile_mode not in (True, False, *_COMPILE_MODES):
+        raise ConfigError(
+            f"algo.compile_sampler must be true, false or one of {', '.join(_COMPILE_MODES)}; "
+            f"got {compile_mode!r}."
+        )
+    if compile_mode and cfg.algo.sampler not in ("euler_maruyama", "ancestral"):
+        raise ConfigError(
+            "algo.compile_sampler must be false unless algo.sampler is euler_maruyama or "
+            f"ancestral (one score call per step); got algo.sampler={cfg.algo.sampler!r}."
+        )
     _num(cfg, a + "max_score_norm", 0.0, optional=True)
     _num(cfg, a + "ema_tau", 0.0, 1.0)
     _num(cfg, a + "qsm_scale", 0.0)
