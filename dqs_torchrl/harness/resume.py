@@ -194,6 +194,9 @@ def rng_state() -> dict[str, Any]:
             "internal": torch.tensor(internal, dtype=torch.int64),
             "gauss_next": gauss_next,
         },
+        # The CUDA generators too, when a GPU is in use (their kernels may still not be
+        # deterministic: exact resume is promised on the CPU only).
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
     }
 
 
@@ -212,6 +215,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     )
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss_next"]))
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _row_step(line: str) -> int | None:
