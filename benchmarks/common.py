@@ -74,7 +74,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     ),
     "fast_idem64": _fidelity(
         "fast",
-        "fast with the gradient-form target at K=64 (K=2 at sigma<=1e-2): the previous default",
+        "fast with the gradient-form target at K=64 (K=2 at sigma<=1e-2): the previous estimator",
         estimator="idem",
         num_mc_samples=64,
     ),
