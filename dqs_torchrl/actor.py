@@ -16,7 +16,14 @@ from torchrl.envs.utils import ExplorationType, exploration_type
 from dqs_torchrl._checks import check_temperature, check_temperature_tensor
 from dqs_torchrl.energy import squash, unsquash
 from dqs_torchrl.networks import ScoreNetwork, score_head
-from dqs_torchrl.samplers import SAMPLERS, draw_step_noise, step_coefficients, tweedie_denoise
+from dqs_torchrl.samplers import (
+    SAMPLERS,
+    STEP_SAMPLERS,
+    draw_step_noise,
+    run_steps,
+    step_coefficients,
+    tweedie_denoise,
+)
 from dqs_torchrl.schedules import GeometricSchedule, geometric_sigmas, karras_sigmas
 
 __all__ = ["DiffusionActor"]
@@ -72,6 +79,11 @@ def _compiled_loop(mode: bool | str) -> Callable[..., Tensor]:
         kwargs = {} if mode is True else {"mode": mode}
         _COMPILED[mode] = torch.compile(_sampler_loop, dynamic=False, **kwargs)
     return _COMPILED[mode]
+
+
+def _derive_after_load(actor: DiffusionActor, incompatible_keys: object) -> None:
+    # Module level (not a lambda) so that actors stay picklable for collector workers.
+    actor._derive_grid_constants()
 
 
 def _frozen_copy(module: nn.Module) -> nn.Module:
@@ -182,12 +194,12 @@ class DiffusionActor(TensorDictModuleBase):
         )
         self.score_network = score_network
         self.compile_sampler = compile_sampler
-        self._steps = step_coefficients(sampler, self.sigmas)
         if compile_sampler:
-            if self._steps is None:
+            if sampler not in STEP_SAMPLERS:
                 raise ValueError(
-                    "compile_sampler needs sampler 'euler_maruyama' or 'ancestral' (one score "
-                    f"call per step), got {sampler!r}."
+                    "compile_sampler needs sampler "
+                    + " or ".join(repr(name) for name in STEP_SAMPLERS)
+                    + f" (one score call per step), got {sampler!r}."
                 )
             if not isinstance(score_network, ScoreNetwork):
                 raise ValueError("compile_sampler needs a ScoreNetwork (its head_weights()).")
@@ -200,6 +212,24 @@ class DiffusionActor(TensorDictModuleBase):
         self.action_key, self.raw_action_key = action_key, raw_action_key
         self.in_keys = [observation_key]
         self.out_keys = [action_key, raw_action_key]
+        self._derive_grid_constants()
+        # A state dict carries the grid (the ``sigmas`` buffer): derive again after a load.
+        self.register_load_state_dict_post_hook(_derive_after_load)
+
+    def _derive_grid_constants(self) -> None:
+        """What every sampling call needs of the fixed grid, computed once: the sigmas as
+        floats, their taus, the step coefficients, the Tweedie factor (no per-call ``tolist``
+        or ``item``, which on a GPU would each wait for the device)."""
+        sigmas = self.sigmas.tolist()
+        self._sigma_list = sigmas
+        self.register_buffer(
+            "_taus", self.schedule.tau(self.sigmas).unsqueeze(-1), persistent=False
+        )
+        self._steps = step_coefficients(self.sampler, self.sigmas)
+        self._denoise_factor = sigmas[-1] ** 2 if self.denoise else None
+        if self._steps is not None:
+            self._drifts = tuple(c for _, c, _ in self._steps)
+            self._stds = tuple(math.sqrt(v) for _, _, v in self._steps)
 
     def _temperature(self, temperature: Tensor | float | None) -> Tensor:
         if temperature is None:
@@ -253,42 +283,36 @@ class DiffusionActor(TensorDictModuleBase):
         generator: torch.Generator | None,
     ) -> Tensor:
         net = self.score_network if self.ema_network is None else self.ema_network
-        sigmas = self.sigmas
         # (s, T) and tau features are computed once per call; each step only pays for x.
         condition = net.condition(obs, temp)
-        time_rows = net.time_features(self.schedule.tau(sigmas).unsqueeze(-1))
-        features = dict(zip(sigmas.tolist(), time_rows.unbind(0), strict=True))
-
+        time_rows = net.time_features(self._taus)
         if self.compile_sampler:
-            return self._integrate_compiled(net, condition, time_rows, x, deterministic, generator)
+            z = None if deterministic else draw_step_noise(len(self._steps), x, generator)
+            loop = _compiled_loop(self.compile_sampler)
+            return loop(
+                condition,
+                time_rows,
+                x,
+                z,
+                net.head_weights(),
+                self._drifts,
+                self._stds,
+                self._denoise_factor,
+            )
+        features = dict(zip(self._sigma_list, time_rows.unbind(0), strict=True))
         head = net.bind_head()
 
         def score_fn(x: Tensor, sigma: float) -> Tensor:
             return head(condition + features[sigma], x)
 
-        x = SAMPLERS[self.sampler](
-            score_fn, x, sigmas, noise=not deterministic, generator=generator
-        )
+        noise = not deterministic
+        if self._steps is not None:
+            x = run_steps(score_fn, x, self._steps, noise=noise, generator=generator)
+        else:
+            x = SAMPLERS[self.sampler](score_fn, x, self.sigmas, noise=noise, generator=generator)
         if self.denoise:
-            x = tweedie_denoise(score_fn, x, sigmas[-1].item())
+            x = tweedie_denoise(score_fn, x, self._sigma_list[-1])
         return x
-
-    def _integrate_compiled(
-        self,
-        net: ScoreNetwork,
-        condition: Tensor,
-        time_rows: Tensor,
-        x: Tensor,
-        deterministic: bool,
-        generator: torch.Generator | None,
-    ) -> Tensor:
-        steps = self._steps
-        z = None if deterministic else draw_step_noise(len(steps), x, generator)
-        denoise = self.sigmas[-1].item() ** 2 if self.denoise else None
-        loop = _compiled_loop(self.compile_sampler)
-        drifts = tuple(c for _, c, _ in steps)
-        stds = tuple(math.sqrt(v) for _, _, v in steps)
-        return loop(condition, time_rows, x, z, net.head_weights(), drifts, stds, denoise)
 
     def score_fn(
         self,

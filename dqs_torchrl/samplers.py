@@ -24,7 +24,9 @@ __all__ = [
     "sample_heun",
     "tweedie_denoise",
     "step_coefficients",
+    "run_steps",
     "draw_step_noise",
+    "STEP_SAMPLERS",
 ]
 
 ScoreFn = Callable[[Tensor, float], Tensor]
@@ -47,6 +49,7 @@ def _ancestral_steps(s: list[float]) -> list[tuple[float, float, float]]:
 
 
 _STEPS = {"euler_maruyama": _euler_maruyama_steps, "ancestral": _ancestral_steps}
+STEP_SAMPLERS = tuple(_STEPS)  # one score call per step: what step_coefficients describes
 
 
 def step_coefficients(sampler: str, sigmas: Tensor) -> list[tuple[float, float, float]] | None:
@@ -54,21 +57,24 @@ def step_coefficients(sampler: str, sigmas: Tensor) -> list[tuple[float, float, 
     ``x <- x + c score(x, sigma) + sqrt(v) z_i``. ``None`` for :func:`sample_heun`.
 
     With these and noise drawn up front, a caller can run the whole loop as one traced
-    function (``DiffusionActor(compile=True)``).
+    function (``DiffusionActor(compile_sampler=True)``).
     """
     make = _STEPS.get(sampler)
     return None if make is None else make(sigmas.tolist())
 
 
-def _run(
+def run_steps(
     score_fn: ScoreFn,
     x: Tensor,
     steps: list[tuple[float, float, float]],
-    noise: bool,
-    generator: torch.Generator | None,
+    noise: bool = True,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
-    # One loop serves every integrator: step (sigma, c, v) is x += c * score(x, sigma) + sqrt(v) z.
-    # All the noise is drawn at once and x is updated in place (on a copy of the input).
+    """Integrate the steps of :func:`step_coefficients` (a caller that samples often computes
+    them once): step ``(sigma, c, v)`` is ``x += c * score(x, sigma) + sqrt(v) z``.
+
+    All the noise is drawn at once and ``x`` is updated in place (on a copy of the input).
+    """
     x = x.clone()
     z = draw_step_noise(len(steps), x, generator) if noise else None
     for i, (sigma, drift, var) in enumerate(steps):
@@ -107,7 +113,7 @@ def sample_euler_maruyama(
         >>> abs(float(x.std()) - 0.1) < 0.005
         True
     """
-    return _run(score_fn, x, _euler_maruyama_steps(sigmas.tolist()), noise, generator)
+    return run_steps(score_fn, x, _euler_maruyama_steps(sigmas.tolist()), noise, generator)
 
 
 def sample_ancestral(
@@ -139,7 +145,7 @@ def sample_ancestral(
         >>> abs(float(x.mean()) - 0.5) < 0.01
         True
     """
-    return _run(score_fn, x, _ancestral_steps(sigmas.tolist()), noise, generator)
+    return run_steps(score_fn, x, _ancestral_steps(sigmas.tolist()), noise, generator)
 
 
 def sample_heun(

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from dqs_torchrl.actor import SPACINGS
 from dqs_torchrl.objectives.idem import IDEMScoreLoss
-from dqs_torchrl.samplers import SAMPLERS
+from dqs_torchrl.samplers import SAMPLERS, STEP_SAMPLERS
 from dqs_torchrl.temperature import SCHEDULES
 
 __all__ = ["ConfigError", "resolve_device", "validate_config"]
@@ -156,10 +156,11 @@ def validate_config(cfg: DictConfig) -> None:
             f"algo.compile_sampler must be true, false or one of {', '.join(_COMPILE_MODES)}; "
             f"got {compile_mode!r}."
         )
-    if compile_mode and cfg.algo.sampler not in ("euler_maruyama", "ancestral"):
+    if compile_mode and cfg.algo.sampler not in STEP_SAMPLERS:
         raise ConfigError(
-            "algo.compile_sampler must be false unless algo.sampler is euler_maruyama or "
-            f"ancestral (one score call per step); got algo.sampler={cfg.algo.sampler!r}."
+            "algo.compile_sampler must be false unless algo.sampler is one of "
+            f"{', '.join(STEP_SAMPLERS)} (one score call per step); got "
+            f"algo.sampler={cfg.algo.sampler!r}."
         )
     _num(cfg, a + "max_score_norm", 0.0, optional=True)
     _num(cfg, a + "ema_tau", 0.0, 1.0)
