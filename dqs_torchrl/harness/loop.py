@@ -250,6 +250,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             else {}
         ),
     )
+    # Workers in other processes (or Ray actors) hold copies of the policy: push after updates.
+    remote_workers = not isinstance(collector, Collector)
     loop = state.get("loop", {})  # absent from checkpoints older than exact resume
     next_eval = loop.get(
         "next_eval", (frames // cfg.eval.interval_frames + 1) * cfg.eval.interval_frames
@@ -288,7 +290,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                             f"{err} frames={frames}. Diagnostic snapshot: {snap}; the last "
                             f"good checkpoint in {ckpt_dir} is untouched."
                         ) from None
-            if cfg.collector.num_workers > 1 or cfg.collector.backend == "ray":
+            if remote_workers:
                 collector.update_policy_weights_()  # workers act with the new weights
             done = batch["next", "done"].squeeze(-1)
             if done.any():
