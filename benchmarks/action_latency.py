@@ -31,6 +31,7 @@ import torch  # noqa: E402
 from common import (  # noqa: E402
     OBS_DIM,
     add_common_args,
+    add_timing_args,
     config_summary,
     emit,
     make_diffusion_actor,
@@ -51,13 +52,8 @@ NAME = "action_latency"
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser)
-    parser.add_argument("--configs", default="paper,fast,fast_compiled", help="names in CONFIGS")
+    add_timing_args(parser, "paper,fast,fast_compiled", 50, 5, "calls per measurement")
     parser.add_argument("--batch-sizes", default="1,16", help="comma-separated")
-    parser.add_argument("--repeats", type=int, default=50, help="timed calls per measurement")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument(
-        "--device", default="cpu", help="cpu (default) or cuda; CUDA untested so far"
-    )
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.warmup = 5, 1

@@ -255,6 +255,18 @@ def add_common_args(parser: argparse.ArgumentParser, default_seed: int = 0) -> N
     )
 
 
+def add_timing_args(
+    parser: argparse.ArgumentParser, configs: str, repeats: int, warmup: int, what: str
+) -> None:
+    """``--configs``, ``--repeats``, ``--warmup`` and ``--device`` of the timing scripts."""
+    parser.add_argument("--configs", default=configs, help="names in CONFIGS")
+    parser.add_argument("--repeats", type=int, default=repeats, help=f"timed {what}")
+    parser.add_argument("--warmup", type=int, default=warmup, help=f"untimed {what} first")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu (default) or cuda; CUDA untested so far"
+    )
+
+
 def setup_torch(threads: int, seed: int) -> None:
     """Fix the number of CPU threads and seed the global generator."""
     torch.set_num_threads(threads)

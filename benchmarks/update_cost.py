@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from common import (  # noqa: E402
     BATCH_SIZE,
     add_common_args,
+    add_timing_args,
     config_summary,
     emit,
     make_dqs_agent,
@@ -51,15 +52,10 @@ NAME = "update_cost"
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser)
-    parser.add_argument("--configs", default="paper,fast,fast_idem64", help="names in CONFIGS")
+    add_timing_args(parser, "paper,fast,fast_idem64", 20, 3, "rounds")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    parser.add_argument("--repeats", type=int, default=20, help="timed rounds")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     parser.add_argument(
         "--breakdown-repeats", type=int, default=10, help="rounds of the breakdown pass (0: off)"
-    )
-    parser.add_argument(
-        "--device", default="cpu", help="cpu (default) or cuda; CUDA untested so far"
     )
     args = parser.parse_args()
     if args.quick:
