@@ -152,6 +152,7 @@ def _diffusion_agent(cfg: DictConfig, env: EnvBase, qsm: bool, device: torch.dev
             estimator=a.estimator,
             max_score_norm=a.max_score_norm,
             tanh_correction=a.tanh_correction,
+            energy=a.energy,
         )
         targets = [actor, qloss, aloss]
     # Buffers the losses create (coefficients, target parameters) follow the networks; the

@@ -141,6 +141,7 @@ def validate_config(cfg: DictConfig) -> None:
         _int(cfg, a + "num_mc_samples_small", 1)
     _num(cfg, a + "small_sigma", 0.0)
     _choice(cfg, a + "estimator", IDEMScoreLoss.ESTIMATORS)
+    _choice(cfg, a + "energy", IDEMScoreLoss.ENERGIES)
     _int(cfg, a + "score_cells", 1)
     _int(cfg, a + "embedding_dim", 2)
     _num(cfg, a + "sigma_min", 0.0)

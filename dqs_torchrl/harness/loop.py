@@ -265,6 +265,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     last_eval: float | None = loop.get("last_eval")
     if last_eval is not None:
         summary["eval"] = last_eval
+    box = (eval_env.action_spec.space.low, eval_env.action_spec.space.high)
     bar = tqdm(
         total=total, initial=frames, unit="frame", disable=not cfg.progress_bar, dynamic_ncols=True
     )
@@ -300,6 +301,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                     frames,
                 )
             for key, value in metrics.items():
+                logger.log_scalar(f"train/{key}", value, frames)
+            for key, value in action_stats(batch["action"], *box).items():
                 logger.log_scalar(f"train/{key}", value, frames)
             if agent.scheduler is not None:
                 logger.log_scalar("train/temperature", agent.scheduler.value, frames)
@@ -349,6 +352,14 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         curve=str(run_dir / "learning_curve.png"),
     )
     return summary
+
+
+def action_stats(action: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> dict[str, float]:
+    """How the collected actions fill the box: the mean of ``|u|`` and the fraction of
+    components with ``|u| > 0.9``, where ``u`` in ``[-1, 1]`` is the action rescaled from the
+    box ``[low, high]`` (uniform noise gives 0.5 and 0.1, bang-bang actions 1 and 1)."""
+    u = (2.0 * (action.float() - low) / (high - low) - 1.0).abs()
+    return {"action_abs_mean": u.mean().item(), "action_saturated": (u > 0.9).float().mean().item()}
 
 
 def _resume_collection(collector: Any, state: dict[str, Any]) -> None:

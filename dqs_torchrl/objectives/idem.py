@@ -50,6 +50,14 @@ class IDEMScoreLoss(LossModule):
         temperature: ``T > 0``; set by :class:`~dqs_torchrl.TemperatureScheduler`.
         max_score_norm: clip each target vector to this norm (iDEM: 20-70); ``None`` = off.
         tanh_correction: include the tanh change of variables in the energy (default).
+        energy: where the critic is read. ``"squashed"`` (default): ``Q(s, squash(x))``, the
+            Boltzmann policy on the action box, with ``tanh_correction``. ``"unbounded"``:
+            the paper's eq. (9) read literally — the training point is the replay *action*
+            (mapped linearly to ``[-1, 1]``), its Gaussian perturbations are not squashed, and
+            the critic is evaluated at ``c + h x`` (box centre ``c``, half-width ``h``), also
+            outside the box where it extrapolates; only the sampled action is squashed. Then
+            ``exp(-E)`` is not the Boltzmann policy of the box (``tanh_correction`` is
+            ignored), but where ``Q`` rises towards a face the samples saturate there.
         loss_weighting: ``"sigma2"`` (``sigma^2 + 1e-3``) or ``"none"``.
         num_mc_samples_small: a smaller K for targets with ``sigma <= small_sigma``, where the
             noised density is nearly the target's own and one sample is within a few percent
@@ -100,6 +108,7 @@ class IDEMScoreLoss(LossModule):
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
     ESTIMATORS = ("idem", "blend")
+    ENERGIES = ("squashed", "unbounded")
     _schedulable_buffers = frozenset({"temperature"})
 
     def __init__(
@@ -115,8 +124,11 @@ class IDEMScoreLoss(LossModule):
         num_mc_samples_small: int | None = None,
         small_sigma: float = 1e-2,
         estimator: str = "idem",
+        energy: str = "squashed",
     ) -> None:
         super().__init__()
+        if energy not in self.ENERGIES:
+            raise ValueError(f"energy must be one of {self.ENERGIES}, got {energy!r}.")
         check_positive_int(num_mc_samples, "num_mc_samples")
         if max_score_norm is not None and not max_score_norm > 0:
             raise ValueError(f"max_score_norm must be > 0 or None, got {max_score_norm!r}.")
@@ -144,6 +156,7 @@ class IDEMScoreLoss(LossModule):
         self.small_sigma = float(small_sigma)
         self.max_score_norm = max_score_norm
         self.tanh_correction = tanh_correction
+        self.energy = energy
         self.estimator = estimator
         self.loss_weighting = loss_weighting
         self.register_coeff_buffer("temperature", check_temperature(temperature))
@@ -176,6 +189,10 @@ class IDEMScoreLoss(LossModule):
 
     def log_density(self, observation: Tensor, x: Tensor) -> Tensor:
         """Unnormalised latent log-density ``-E(s, x)`` of the Boltzmann policy, ``[*batch]``."""
+        if self.energy == "unbounded":
+            low, high = self.actor_network.low, self.actor_network.high
+            action = (high + low) / 2 + x * (high - low) / 2
+            return self.q_value(observation, action) / self.temperature
         log_p = self.q_value(observation, self.actor_network.squash(x)) / self.temperature
         if self.tanh_correction:
             log_p = log_p + tanh_log_jacobian(x)
@@ -247,6 +264,10 @@ class IDEMScoreLoss(LossModule):
         return target, {"ess": ess, "clipped": clipped}
 
     def _latent_action(self, tensordict: TensorDictBase) -> Tensor:
+        if self.energy == "unbounded":  # the replay action itself, in [-1, 1] units
+            low, high = self.actor_network.low, self.actor_network.high
+            action = tensordict.get(self.tensor_keys.action)
+            return (2.0 * action - (high + low)) / (high - low)
         raw = tensordict.get(self.tensor_keys.action_raw, None)
         if raw is not None:
             return raw
