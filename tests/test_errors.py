@@ -165,6 +165,8 @@ def test_unknown_names():
         TemperatureScheduler([_actor()], schedule="cosine")
     with pytest.raises(ValueError, match="loss_weighting"):
         IDEMScoreLoss(_actor(), _critic(), loss_weighting="snr")
+    with pytest.raises(ValueError, match="energy must be one of"):
+        IDEMScoreLoss(_actor(), _critic(), energy="clipped")
 
 
 def test_other_loss_and_scheduler_arguments():

@@ -319,3 +319,35 @@ def test_blend_estimator_with_fused_groups_equals_separate_calls():
         observation[~big], x[~big], sigmas[~big], num_mc_samples=2, generator=g
     )
     torch.testing.assert_close(target, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_unbounded_energy_reads_q_at_the_unsquashed_action_on_any_box():
+    """``energy="unbounded"`` (the paper's eq. 9 read literally): ``-E(x) = Q(c + h x) / T``,
+    no tanh and no log-Jacobian, even outside the box; training points are the replay actions
+    mapped linearly to [-1, 1], not the stored latents."""
+    from tensordict import TensorDict
+
+    torch.manual_seed(0)
+    low, high = torch.tensor([-2.0, 0.0]), torch.tensor([1.0, 3.0])
+    actor = DiffusionActor(ScoreNetwork(0, 2, 16, 8), Bounded(low, high, shape=(2,)))
+    w = torch.tensor([0.7, -1.3], dtype=DTYPE)
+    critic = EnergyCritic(lambda a: -(a * w).sum(-1) - (a**2).sum(-1))  # Q = w.a + |a|^2
+    temperature = 0.5
+    loss = IDEMScoreLoss(actor, critic, temperature=temperature, energy="unbounded")
+    x = torch.tensor([[0.2, -0.4], [3.0, -5.0]], dtype=DTYPE)  # the second far outside
+    obs = torch.zeros(2, 0, dtype=DTYPE)
+    centre, half = (low + high) / 2, (high - low) / 2
+    a = centre + half * x
+    expected = ((a * w).sum(-1) + (a**2).sum(-1)) / temperature
+    assert torch.allclose(loss.log_density(obs, x), expected)
+    # Its exact score, (w + 2a) h / T, is what the estimator returns at a tiny sigma.
+    sigma = torch.full((2, 1), 1e-6, dtype=DTYPE)
+    target, _ = loss.score_target(obs, x, sigma, num_mc_samples=4)
+    assert torch.allclose(target, (w + 2 * a) * half / temperature, rtol=1e-4)
+    squashed = IDEMScoreLoss(actor, critic, temperature=temperature)
+    assert not torch.allclose(squashed.log_density(obs, x), expected, rtol=0.1)
+    # Training points: the executed action, linearly in [-1, 1] units (action_raw is ignored).
+    batch = TensorDict(
+        action=torch.tensor([[1.0, 0.0]]), action_raw=torch.tensor([[9.0, 9.0]]), batch_size=[1]
+    )
+    assert torch.allclose(loss._latent_action(batch), torch.tensor([[1.0, -1.0]]))
