@@ -284,7 +284,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="the campaign file")
     parser.add_argument("--root", type=Path, default=None, help="override the file's run root")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one core each)")
-    parser.add_argument("--only", default=None, help="only runs whose path contains this")
+    parser.add_argument(
+        "--only", default=None, help="only runs whose path contains one of these (comma-separated)"
+    )
     parser.add_argument("--print", action="store_true", help="run: print commands, start none")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="collected CSVs")
     parser.add_argument("--out", type=Path, default=None, help="report: default <data>")
@@ -297,7 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     root, runs = load_spec(args.spec)
     root = args.root or root
     if args.only:
-        runs = [r for r in runs if args.only in str(r.path(root))]
+        keys = args.only.split(",")
+        runs = [r for r in runs if any(k in str(r.path(root)) for k in keys)]
     if args.command == "status":
         print(status(root, runs))
     elif args.command == "collect":
