@@ -1,0 +1,177 @@
+"""What a trained agent's critic and policy look like on the states it visited.
+
+    python recipes/diagnose.py ~/dqs-runs/finger-spin/dqs/seed0            # newest checkpoint
+    python recipes/diagnose.py RUN_DIR --paper-sampler                     # + table 1's sampler
+    python recipes/diagnose.py RUN_DIR --csv diag.csv                      # append one row
+
+Loads the run's ``config.yaml`` and newest checkpoint, takes ``--states`` states from the most
+recent part of its replay buffer, and reports (one line, and a CSV row with ``--csv``):
+
+- the critic: ``q_std``, the mean over states of the standard deviation of ``min_j Q_j(s, a)``
+  over ``--actions`` uniform actions, and ``q_range_over_t``, the mean of ``(max - min) / T``
+  over them: how far ``exp(Q/T)`` is from uniform (``~0``: flat, the policy is noise);
+- the policy, ``--samples`` actions per state, in box units ``u`` in ``[-1, 1]``:
+  ``abs_u`` (mean ``|u|``; 0.5 for uniform noise), ``sat`` (fraction of ``|u| > 0.9``),
+  ``spread`` (standard deviation of ``u`` within a state: the policy's own randomness),
+  ``q_gain`` (mean ``Q(s, a_pi) - Q(s, a_uniform)`` over ``T``), ``q_pct`` (mean percentile
+  of ``Q(s, a_pi)`` among the uniform actions' values: 50 for noise, 100 for greedy);
+- with ``--eval-episodes N``: the mean return of N episodes sampling the policy and N with
+  its deterministic mode (for DQS, the noise-free annealed ascent from the prior's mean);
+- for DQS/QSM with ``--paper-sampler``: the same for the same score network sampled with
+  table 1's 1000 Euler-Maruyama steps (how far the fast sampler moves behaviour).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from tensordict import TensorDict
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+from dqs_torchrl import DiffusionActor
+from dqs_torchrl.harness.agents import make_agent
+from dqs_torchrl.harness.checkpoint import latest_checkpoint, load_checkpoint
+from dqs_torchrl.harness.loop import make_env
+
+
+def _policy_actions(agent, obs: torch.Tensor, actor: DiffusionActor | None) -> torch.Tensor:
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        if actor is not None:
+            return actor.sample(obs)[0]
+        return agent.policy(TensorDict(observation=obs, batch_size=obs.shape[:-1]))["action"]
+
+
+def diagnose(
+    run_dir: Path, states: int, actions: int, samples: int, paper: bool, eval_episodes: int = 0
+) -> list[dict]:
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    if ckpt is None:
+        raise SystemExit(f"no checkpoint in {run_dir / 'checkpoints'}")
+    state = load_checkpoint(ckpt)
+    env = make_env(cfg, cfg.seed)
+    agent = make_agent(cfg, env)
+    agent.load_state_dict(state["agent"])
+    buf = state["buffer"]
+    obs_all = TensorDict.from_dict(buf["data"], batch_size=[buf["length"]])["observation"]
+    recent = obs_all[-min(len(obs_all), 10_000) :]
+    gen = torch.Generator().manual_seed(0)
+    obs = recent[torch.randint(len(recent), (states,), generator=gen)].float()
+    low, high = env.action_spec.space.low.float(), env.action_spec.space.high.float()
+    d = low.shape[-1]
+    temperature = float(cfg.algo.temperature.initial) if cfg.algo.name != "sac" else 1.0
+    if agent.scheduler is not None:
+        temperature = float(agent.scheduler.value)
+    torch.manual_seed(0)  # the policy's own draws
+    uni = low + (high - low) * torch.rand(actions, states, d, generator=gen)
+    obs_u = obs.expand(actions, *obs.shape)
+    with torch.no_grad():
+        q_uni = _q(agent, obs_u, uni)  # [actions, states]
+    rows = []
+    base = {
+        "run": str(run_dir),
+        "frames": int(state["frames"]),
+        "T": temperature,
+        "q_mean": q_uni.mean().item(),
+        "q_std": q_uni.std(0).mean().item(),
+        "q_range_over_t": ((q_uni.max(0).values - q_uni.min(0).values) / temperature).mean().item(),
+    }
+    samplers = [("recipe", None)]
+    if paper and cfg.algo.name != "sac":
+        actor: DiffusionActor = agent.policy
+        ref = DiffusionActor(
+            actor.score_network,
+            env.action_spec,
+            sigma_min=cfg.algo.sigma_min,
+            sigma_max=cfg.algo.sigma_max,
+            num_steps=1000,
+            sampler="euler_maruyama",
+            spacing="geometric",
+            temperature=temperature,
+            ema=actor.ema_network is not None,
+        )
+        if actor.ema_network is not None:
+            ref.ema_network.load_state_dict(actor.ema_network.state_dict())
+        samplers.append(("paper-1000-EM", ref))
+    for name, actor in samplers:
+        obs_s = obs.expand(samples, *obs.shape)
+        act = _policy_actions(agent, obs_s, actor).float()  # [samples, states, d]
+        u = 2 * (act - low) / (high - low) - 1
+        with torch.no_grad():
+            q_pi = _q(agent, obs_s, act)
+        pct = (q_uni.unsqueeze(0) < q_pi.unsqueeze(1)).float().mean(1)  # [samples, states]
+        rows.append(
+            base
+            | {
+                "sampler": name,
+                "abs_u": u.abs().mean().item(),
+                "sat": (u.abs() > 0.9).float().mean().item(),
+                "spread": u.std(0).mean().item(),
+                "q_gain": ((q_pi.mean(0) - q_uni.mean(0)) / temperature).mean().item(),
+                "q_pct": 100 * pct.mean().item(),
+            }
+        )
+    if eval_episodes:
+        from dqs_torchrl.harness.loop import evaluate
+
+        eval_env = make_env(cfg, cfg.seed + 20_000)  # states neither run nor its eval saw
+        for row in rows:
+            if row["sampler"] != "recipe":
+                continue
+            for mode in (False, True):
+                returns, _ = evaluate(eval_env, agent.policy, eval_episodes, deterministic=mode)
+                row["det_return" if mode else "stoch_return"] = sum(returns) / len(returns)
+    return rows
+
+
+def _q(agent, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    if "critic" in agent.losses:
+        return agent.losses["critic"][0].min_q(obs, action).squeeze(-1)
+    loss = agent.losses["sac"][0]
+    td = TensorDict(observation=obs, action=action, batch_size=action.shape[:-1])
+    values = []
+    for params in loss.qvalue_network_params.unbind(0):
+        with params.to_module(loss.qvalue_network):
+            values.append(loss.qvalue_network(td.clone())["state_action_value"])
+    return torch.stack(values).min(0).values.squeeze(-1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("MUJOCO_GL", "disable")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run_dirs", type=Path, nargs="+")
+    parser.add_argument("--states", type=int, default=256)
+    parser.add_argument("--actions", type=int, default=256, help="uniform actions per state")
+    parser.add_argument("--samples", type=int, default=32, help="policy actions per state")
+    parser.add_argument("--paper-sampler", action="store_true")
+    parser.add_argument(
+        "--eval-episodes", type=int, default=0, help="also evaluate, stochastic and deterministic"
+    )
+    parser.add_argument("--csv", type=Path, default=None, help="append the rows here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    for run_dir in args.run_dirs:
+        for row in diagnose(
+            run_dir, args.states, args.actions, args.samples, args.paper_sampler, args.eval_episodes
+        ):
+            print(
+                "  ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                )
+            )
+            if args.csv:
+                new = not args.csv.exists()
+                with open(args.csv, "a", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=list(row))
+                    if new:
+                        writer.writeheader()
+                    writer.writerow(row)
+
+
+if __name__ == "__main__":
+    main()
