@@ -228,16 +228,21 @@ def _mean_curve(seeds: list[dict[str, list[float]]]) -> tuple[list[float], list[
     return common, [sum(d[f] for d in by_seed) / len(by_seed) for f in common], len(seeds)
 
 
+def _k(frames: float) -> str:
+    """``50000 -> "50k"``; counts that are not whole thousands stay as they are."""
+    return f"{int(frames) // 1000}k" if int(frames) % 1000 == 0 else f"{int(frames)}"
+
+
 def claim_table(
     found: dict, at: tuple[int, ...] = (50_000, 100_000), fraction: float = 0.5, baseline="sac"
 ) -> str:
     """Per task and method: mean return at the frames ``at`` (seeds in brackets) and the first
     evaluated frame count where the mean return reaches ``fraction`` of the baseline's mean
     return at ``at[-1]``. A method with no evaluation at a frame count shows ``-``."""
-    header = [f"return at {a // 1000}k" for a in at]
+    header = [f"return at {_k(a)}" for a in at]
     lines = [
         f"| task | method | {' | '.join(header)} | frames to {fraction:.0%} of "
-        f"{baseline.upper()} at {at[-1] // 1000}k |",
+        f"{baseline.upper()} at {_k(at[-1])} |",
         "| --- | --- " + "| --- " * (len(at) + 1) + "|",
     ]
     for task in sorted(found):
@@ -253,12 +258,14 @@ def claim_table(
                 reach = "-"
             else:
                 hit = [f for f, m in zip(frames, mean, strict=True) if m >= fraction * ref]
-                reach = f"{hit[0] // 1000:.0f}k" if hit else f"not by {frames[-1] // 1000:.0f}k"
+                reach = _k(hit[0]) if hit else f"not by {_k(frames[-1])}"
             lines.append(f"| {task} | {method} | {' | '.join(cells)} | {reach} |")
     return "\n".join(lines) + "\n"
 
 
-def report(data: Path, out: Path, fraction: float, reps: int) -> None:
+def report(
+    data: Path, out: Path, fraction: float, reps: int, at: tuple[int, ...] = (50_000, 100_000)
+) -> None:
     """Every figure and table of the results page from the collected CSVs alone."""
     sys.path.insert(0, str(HERE))
     import plot  # recipes/plot.py: per-task curves, IQM and performance profiles
@@ -270,7 +277,7 @@ def report(data: Path, out: Path, fraction: float, reps: int) -> None:
     for task, methods in found.items():
         plot.plot_task(task, methods, out / f"{task}.png")
     dmc = {t: m for t, m in found.items() if t != "two-goal-maze"}
-    table = claim_table(dmc, fraction=fraction)
+    table = claim_table(dmc, at=at, fraction=fraction)
     (out / "claims.md").write_text(table)
     print(table)
     if len(dmc) > 1:
@@ -292,9 +299,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="report: default <data>")
     parser.add_argument("--fraction", type=float, default=0.5, help="of SAC's final return")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (IQM)")
+    parser.add_argument(
+        "--at", default="50000,100000", help="report: frame counts of the table's return columns"
+    )
     args = parser.parse_args(argv)
     if args.command == "report":
-        report(args.data, args.out or args.data, args.fraction, args.reps)
+        at = tuple(int(a) for a in args.at.split(","))
+        report(args.data, args.out or args.data, args.fraction, args.reps, at)
         return
     root, runs = load_spec(args.spec)
     root = args.root or root

@@ -1,0 +1,143 @@
+"""recipes/campaign.py: a list of runs driven to completion, skipped when done, and reported."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("campaign", ROOT / "recipes" / "campaign.py")
+campaign = importlib.util.module_from_spec(spec)
+sys.modules["campaign"] = campaign  # its dataclass looks its module up while being defined
+spec.loader.exec_module(campaign)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_spec_expands_groups_in_file_order_with_variants(tmp_path):
+    spec_file = _write(
+        tmp_path / "c.yaml",
+        """
+root: RUNROOT
+total_frames: 1000
+overrides: [eval.episodes=2]
+groups:
+  - tasks: [cheetah-run, walker-run]
+    seeds: [0, 1]
+    algos: [sac, {name: dqs-x, algo: dqs, overrides: [algo.energy=unbounded]}]
+  - recipe: maze
+    total_frames: 500
+    algos: [dqs]
+""".replace("RUNROOT", str(tmp_path / "runs")),
+    )
+    root, runs = campaign.load_spec(spec_file)
+    assert root == tmp_path / "runs"
+    assert [(r.task, r.name, r.seed) for r in runs[:4]] == [
+        ("cheetah-run", "sac", 0),
+        ("cheetah-run", "sac", 1),
+        ("walker-run", "sac", 0),
+        ("walker-run", "sac", 1),
+    ]
+    variant = runs[4]
+    assert (variant.name, variant.algo, variant.total_frames) == ("dqs-x", "dqs", 1000)
+    assert variant.overrides == ["eval.episodes=2", "algo.energy=unbounded"]
+    maze = runs[-1]
+    assert (maze.recipe, maze.task, maze.total_frames) == ("maze", "two-goal-maze", 500)
+    cmd = variant.command(root)
+    assert f"hydra.run.dir={root / 'cheetah-run' / 'dqs-x' / 'seed0'}" in cmd
+    assert "algo=dqs" in cmd and "resume=true" not in cmd  # nothing there yet: a fresh start
+    assert all(r.state(root) == "fresh" for r in runs)
+
+
+@pytest.mark.parametrize(
+    "groups, message",
+    [
+        ("[{recipe: atari, tasks: [pong]}]", "recipe must be one of"),
+        ("[{tasks: [cheetah-run], seeds: [-1]}]", "seeds must be integers"),
+        ("[{tasks: [cheetah-run], total_frames: 0}]", "total_frames must be an integer"),
+        ("[{tasks: [a], algos: [sac]}, {tasks: [a], algos: [sac]}]", "runs listed twice"),
+        ("[{tasks: [a], algos: [{name: x}]}]", "a variant needs name and algo"),
+    ],
+)
+def test_malformed_spec_names_the_group_and_field(tmp_path, groups, message):
+    spec_file = _write(tmp_path / "c.yaml", f"total_frames: 100\ngroups: {groups}\n")
+    with pytest.raises(ValueError, match=message):
+        campaign.load_spec(spec_file)
+
+
+def test_claim_table_returns_and_frames_to_a_fraction_of_the_baseline():
+    curve = {"frames": [50_000.0, 100_000.0]}
+    found = {
+        "finger-spin": {
+            # SAC's mean at 100k is 400; half of it is 200
+            "sac": [curve | {"return_mean": [100.0, 300.0]}, curve | {"return_mean": [100, 500]}],
+            "dqs": [curve | {"return_mean": [250.0, 600.0]}],  # reaches 200 at 50k
+            "qsm": [curve | {"return_mean": [10.0, 150.0]}],  # never reaches 200
+        }
+    }
+    rows = {
+        line.split("|")[2].strip(): [c.strip() for c in line.split("|")[3:6]]
+        for line in campaign.claim_table(found).splitlines()[2:]
+    }
+    assert rows["sac"] == ["100.0 (2)", "400.0 (2)", "100k"]
+    assert rows["dqs"] == ["250.0 (1)", "600.0 (1)", "50k"]
+    assert rows["qsm"] == ["10.0 (1)", "150.0 (1)", "not by 100k"]
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MUJOCO_GL="disable")
+    return subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "campaign.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
+
+
+def test_run_finishes_skips_finished_runs_and_reports_from_the_copied_csvs(tmp_path):
+    spec_file = _write(
+        tmp_path / "c.yaml",
+        f"""
+root: {tmp_path / "runs"}
+total_frames: 300
+overrides: [+preset=smoke]
+groups:
+  - tasks: [cartpole-balance]
+    algos: [sac]
+""",
+    )
+    first = _run(["run", "--spec", str(spec_file), "--jobs", "1"])
+    assert first.returncode == 0, first.stdout + first.stderr
+    run_dir = tmp_path / "runs" / "cartpole-balance" / "sac" / "seed0"
+    eval_csv = run_dir / "eval.csv"
+    assert campaign._eval_rows(eval_csv)[-1]["frames"] == "300"
+    assert (tmp_path / "runs" / "cartpole-balance" / "sac" / "seed0.log").exists()
+    stamp = eval_csv.stat().st_mtime_ns
+
+    again = _run(["run", "--spec", str(spec_file)])
+    assert again.returncode == 0 and "1 finished, 0 to run" in again.stdout
+    assert eval_csv.stat().st_mtime_ns == stamp  # nothing was rerun
+    assert "finished" in _run(["status", "--spec", str(spec_file)]).stdout
+
+    data = tmp_path / "data"
+    assert "copied 1" in _run(["collect", "--spec", str(spec_file), "--data", str(data)]).stdout
+    copied = data / "cartpole-balance" / "sac" / "seed0" / "eval.csv"
+    assert copied.read_text() == eval_csv.read_text()
+    report = _run(["report", "--data", str(data), "--at", "150,300"])
+    assert report.returncode == 0, report.stderr
+    assert (data / "cartpole-balance.png").stat().st_size > 1000
+    rows = {int(r["frames"]): float(r["return_mean"]) for r in campaign._eval_rows(eval_csv)}
+    claims = (data / "claims.md").read_text()
+    # SAC is the baseline itself: the first evaluation that reaches half its final return
+    reach = "150" if rows[150] >= 0.5 * rows[300] else "300"
+    if rows[300] <= 0:
+        reach = "-"
+    row = f"| cartpole-balance | sac | {rows[150]:.1f} (1) | {rows[300]:.1f} (1) | {reach} |"
+    assert row in claims
