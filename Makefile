@@ -1,4 +1,5 @@
-# `make run` and `make test` each create .venv when missing and install the pinned deps.
+# `make run` and `make test` each create .venv when missing and install the package with the
+# exact versions we test with (constraints.txt; pyproject.toml holds only ranges).
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,10 +9,10 @@ export MUJOCO_GL ?= disable
 
 .PHONY: install run test docs lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install -c constraints.txt --upgrade pip
+	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("MUJOCO_GL", "disable")  # headless: silence GLFW's display warning
-
-from torchrl.envs import (  # noqa: E402
+from torchrl.envs import (
     CatTensors,
     Compose,
     DMControlEnv,
@@ -15,9 +13,19 @@ from torchrl.envs import (  # noqa: E402
     StepCounter,
     TransformedEnv,
 )
-from torchrl.envs.libs.dm_control import _has_dmc  # noqa: E402
+from torchrl.envs.libs.dm_control import _has_dmc
 
 __all__ = ["make_dmc_env", "split_task"]
+
+
+def _headless_mujoco_gl() -> None:
+    """Set ``MUJOCO_GL=disable`` (no OpenGL context: silences GLFW's display warning on a
+    headless machine) unless the user chose a backend, e.g. ``MUJOCO_GL=egl`` for pixels.
+
+    dm_control and gymnasium read the variable when they are first imported, so this runs in
+    the env factories, before their imports, and never at import time of this package.
+    """
+    os.environ.setdefault("MUJOCO_GL", "disable")
 
 
 def split_task(task: str) -> tuple[str, str]:
@@ -27,6 +35,7 @@ def split_task(task: str) -> tuple[str, str]:
         >>> split_task("cheetah-run")
         ('cheetah', 'run')
     """
+    _headless_mujoco_gl()
     from dm_control import suite
 
     domain, sep, name = task.partition("-")
@@ -58,7 +67,8 @@ def make_dmc_env(
         torch.Size([5])
     """
     if not _has_dmc:
-        raise ImportError("dm_control is not installed: pip install dm_control==1.0.50")
+        raise ImportError("dm_control is not installed: pip install 'dqs-torchrl[dmc]'")
+    _headless_mujoco_gl()
     domain, name = split_task(task)
     base = DMControlEnv(domain, name, device=device)
     obs_keys = [k for k in base.observation_spec.keys() if k != "pixels"]

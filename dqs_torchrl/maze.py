@@ -33,13 +33,11 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-os.environ.setdefault("MUJOCO_GL", "disable")  # headless: silence GLFW's display warning
-
-import gymnasium as gym  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-from torchrl.envs import (  # noqa: E402
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor
+from torchrl.envs import (
     Compose,
     DoubleToFloat,
     GymWrapper,
@@ -47,6 +45,8 @@ from torchrl.envs import (  # noqa: E402
     StepCounter,
     TransformedEnv,
 )
+
+from dqs_torchrl.envs import _headless_mujoco_gl
 
 __all__ = [
     "GOALS",
@@ -172,6 +172,7 @@ def point_maze() -> gym.Env:
         >>> sorted(point_maze().observation_space.spaces)
         ['achieved_goal', 'desired_goal', 'observation']
     """
+    _headless_mujoco_gl()
     from gymnasium_robotics.envs.maze.point_maze import PointMazeEnv
 
     # continuing_task=True: PointMaze never terminates on its own goal; TwoGoalMaze decides.

@@ -1,14 +1,13 @@
-"""Learning curves written next to the logs (matplotlib, Agg backend)."""
+"""Learning curves written next to the logs (matplotlib's Agg canvas; pyplot and the global
+backend are not touched, so importing this changes nothing for the user's own plots)."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 __all__ = ["read_eval_csv", "plot_learning_curve"]
 
@@ -25,7 +24,9 @@ def read_eval_csv(path: str | Path) -> dict[str, list[float]]:
 def plot_learning_curve(eval_csv: str | Path, path: str | Path, title: str = "") -> Path:
     """Plot evaluation return (mean, with min/max over episodes) against frames."""
     data = read_eval_csv(eval_csv)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    FigureCanvasAgg(fig)  # renders without a display, whatever backend pyplot uses
+    ax = fig.add_subplot()
     if data:
         ax.plot(data["frames"], data["return_mean"], marker="o", label="mean")
         ax.fill_between(
@@ -42,5 +43,4 @@ def plot_learning_curve(eval_csv: str | Path, path: str | Path, title: str = "")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)

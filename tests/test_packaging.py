@@ -1,0 +1,112 @@
+"""The built wheel is a library a TorchRL user can install beside their own torch: ranges for
+the core only, the experiment stack in extras, exact versions only in constraints.txt."""
+
+import email.parser
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE = {"torch", "torchrl", "tensordict"}
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel built from a copy of the sources, so the build leaves nothing in the repo."""
+    src = tmp_path_factory.mktemp("src")
+    for name in ["pyproject.toml", "README.md", "LICENSE"]:
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(
+        ROOT / "dqs_torchrl", src / "dqs_torchrl", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    out = tmp_path_factory.mktemp("dist")
+    pip = [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation"]
+    subprocess.run([*pip, "-q", "-w", str(out)], check=True, timeout=120)
+    (built,) = out.glob("dqs_torchrl-*.whl")
+    return built
+
+
+def metadata(wheel: Path) -> email.message.Message:
+    with zipfile.ZipFile(wheel) as zf:
+        (name,) = [n for n in zf.namelist() if n.endswith(".dist-info/METADATA")]
+        return email.parser.Parser().parsestr(zf.read(name).decode())
+
+
+def test_core_requirements_are_ranges(wheel):
+    meta = metadata(wheel)
+    requires = [Requirement(r) for r in meta.get_all("Requires-Dist")]
+    core = {canonicalize_name(r.name): r for r in requires if r.marker is None}
+    assert set(core) == CORE, f"core dependencies beyond torch/torchrl/tensordict: {set(core)}"
+    # neighbours of the versions we test with (constraints.txt) are allowed
+    allowed = {
+        "torch": ["2.1.0", "2.12.0", "2.13.0", "2.13.0+cpu", "2.14.1"],
+        "torchrl": ["0.14.0", "0.14.1"],
+        "tensordict": ["0.14.3", "0.14.9"],
+    }
+    for name, versions in allowed.items():
+        for version in versions:
+            assert core[name].specifier.contains(version), (name, version, core[name])
+    # no exact pin anywhere, extras included: those belong in constraints.txt
+    pinned = [str(r) for r in requires if any(s.operator in ("==", "===") for s in r.specifier)]
+    assert not pinned, f"exact pins in the wheel's requirements: {pinned}"
+    python = SpecifierSet(meta["Requires-Python"])
+    assert python.contains("3.10") and python.contains("3.12") and not python.contains("3.9")
+    assert set(meta.get_all("Provides-Extra")) >= {"dmc", "maze", "recipes", "dev"}
+
+
+def test_wheel_ships_license_and_py_typed(wheel):
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+    assert "dqs_torchrl/py.typed" in names
+    (license_file,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+    with zipfile.ZipFile(wheel) as zf:
+        assert "MIT License" in zf.read(license_file).decode()
+    assert metadata(wheel)["License-Expression"] == "MIT"
+
+
+@pytest.mark.parametrize("extras", ["", "[dev]"])
+def test_installs_beside_the_installed_torch(wheel, extras, tmp_path):
+    """pip resolves the wheel (with every extra, for ``[dev]``) against this venv alone, with
+    no index: nothing but dqs-torchrl itself would be installed, torch is not replaced."""
+    report = tmp_path / "report.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = os.devnull  # no find-links, indexes or global constraints
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "-q"]
+    proc = subprocess.run(
+        [*cmd, "--report", str(report), f"{wheel}{extras}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    install = [item["metadata"]["name"] for item in json.loads(report.read_text())["install"]]
+    assert [canonicalize_name(n) for n in install] == ["dqs-torchrl"], install
+
+
+def test_constraints_pin_every_requirement(wheel):
+    """constraints.txt, which ``make`` installs with: one exact version per line, torch at the
+    local CPU wheel's 2.13.0, and every requirement of the wheel (core and extras) pinned."""
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and Version(version), f"not an exact pin: {line!r}"
+            pins[canonicalize_name(name)] = version
+    assert pins["torch"] == "2.13.0"  # pip takes the local CPU wheel; unpinned: CUDA, GBs
+    assert "dqs-torchrl" not in pins
+    for req in map(Requirement, metadata(wheel).get_all("Requires-Dist")):
+        name = canonicalize_name(req.name)
+        if name != "dqs-torchrl":
+            assert name in pins, f"{req} has no exact version in constraints.txt"
+            assert req.specifier.contains(pins[name], prereleases=True), (req, pins[name])
