@@ -24,9 +24,9 @@ __all__ = ["GeometricSchedule", "geometric_sigmas", "karras_sigmas"]
 
 
 def _check_sigma_range(sigma_min: float, sigma_max: float) -> None:
-    if not (sigma_min > 0 and sigma_max > 0):
+    if not (0 < sigma_min < math.inf and 0 < sigma_max < math.inf):  # NaN fails too
         raise ValueError(
-            f"sigma_min and sigma_max must be > 0, got sigma_min={sigma_min}, "
+            f"sigma_min and sigma_max must be finite and > 0, got sigma_min={sigma_min}, "
             f"sigma_max={sigma_max}."
         )
     if not sigma_min < sigma_max:

@@ -1,4 +1,5 @@
-"""The experiment harness the recipes share: env factory, agents, loop, checkpoints, plots."""
+"""The experiment harness the recipes share: env factory, agents, loop, checkpoints, run
+directories, plots."""
 
 from dqs_torchrl.harness.agents import Agent, NonFiniteLossError, make_agent, make_sac
 from dqs_torchrl.harness.checkpoint import (
@@ -9,6 +10,7 @@ from dqs_torchrl.harness.checkpoint import (
 )
 from dqs_torchrl.harness.config import ConfigError, validate_config
 from dqs_torchrl.harness.loop import evaluate, make_env, train
+from dqs_torchrl.harness.rundir import RunDirError
 
 __all__ = [
     "Agent",
@@ -21,6 +23,7 @@ __all__ = [
     "save_checkpoint",
     "ConfigError",
     "validate_config",
+    "RunDirError",
     "evaluate",
     "make_env",
     "train",

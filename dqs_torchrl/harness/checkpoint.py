@@ -10,7 +10,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "latest_checkpoint",
+    "load_latest_checkpoint",
+]
 
 FORMAT = "dqs-torchrl/1"
 _NAME = re.compile(r"^ckpt_(\d{12})\.pt$")
@@ -70,10 +76,58 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     Raises :class:`CheckpointError` naming the file for a truncated, corrupt or foreign file.
     """
     path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (0 bytes).")
     try:
         blob = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as err:  # torch raises several types for truncated/corrupt zips
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: it is truncated or corrupt ({err})."
+        ) from err
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a dqs-torchrl checkpoint (expected format {FORMAT}).")
     return blob["state"]
+
+
+def load_latest_checkpoint(directory: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint in ``directory`` and its state, or ``None`` when there is none.
+
+    When the newest cannot be read (empty, truncated, corrupt), the :class:`CheckpointError`
+    names it and the newest earlier checkpoint that loads, and says how to resume from that
+    one. Nothing falls back silently: resuming from an earlier checkpoint drops the log rows
+    written after it, so that is the user's call.
+
+    Examples:
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = save_checkpoint({"frames": 10}, d, frames=10)
+        >>> _ = (d / "ckpt_000000000020.pt").write_bytes(b"")
+        >>> try:
+        ...     load_latest_checkpoint(d)
+        ... except CheckpointError as err:
+        ...     print("empty (0 bytes)" in str(err), "ckpt_000000000010.pt (10 frames)" in str(err))
+        True True
+    """
+    found = sorted(_checkpoints(Path(directory))) if Path(directory).is_dir() else []
+    if not found:
+        return None
+    newest = found[-1]
+    try:
+        return newest, load_checkpoint(newest)
+    except CheckpointError as err:
+        for earlier in reversed(found[:-1]):
+            try:
+                frames = load_checkpoint(earlier)["frames"]
+            except (CheckpointError, KeyError, TypeError):
+                continue
+            way_out = (
+                f"The previous valid checkpoint is {earlier} ({frames} frames). To resume from "
+                f"it, move the bad file out of the way (mv {newest} {newest}.bad) and run "
+                "again with resume=true; log rows past it are dropped and logged again."
+            )
+            break
+        else:
+            way_out = (
+                f"No earlier checkpoint in {directory} loads: start the run afresh with "
+                "overwrite=true (the old files are moved aside, not deleted)."
+            )
+        raise CheckpointError(f"{err} {way_out}") from err

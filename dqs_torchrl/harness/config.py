@@ -1,23 +1,43 @@
-"""Up-front validation of recipe configs: every error names the field and what is allowed."""
+"""Up-front validation of recipe configs: every error names the field and what is allowed.
+
+:data:`FIELDS` and :data:`DIFFUSION_FIELDS` hold the rule of every field a recipe config
+has, one entry each, and nothing else does: a key that is in neither is refused (with the
+closest known keys as a suggestion), and so is a missing one. The few rules between fields
+that an entry cannot say (the ray package, ``resume`` with ``overwrite``) follow in
+:func:`validate_config`.
+"""
 
 from __future__ import annotations
 
+import difflib
+import math
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dqs_torchrl.actor import SPACINGS
 from dqs_torchrl.objectives.idem import IDEMScoreLoss
 from dqs_torchrl.samplers import SAMPLERS, STEP_SAMPLERS
 from dqs_torchrl.temperature import SCHEDULES
 
-__all__ = ["ConfigError", "resolve_device", "validate_config"]
+__all__ = [
+    "ConfigError",
+    "DIFFUSION_FIELDS",
+    "EVAL_SEED_OFFSET",
+    "FIELDS",
+    "config_fields",
+    "resolve_device",
+    "validate_config",
+]
 
 _LOGGERS = ("csv", "wandb", "tensorboard")
 _COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _BACKENDS = ("local", "ray")  # collection: this machine's processes, or Ray actors
+EVAL_SEED_OFFSET = 10_000  # the evaluation environment is seeded seed + EVAL_SEED_OFFSET
+_MAX_SEED = 2**32 - 1 - EVAL_SEED_OFFSET  # numpy and dm_control take seeds below 2**32
 
 
 class ConfigError(ValueError):
@@ -31,79 +51,260 @@ def resolve_device(cfg: DictConfig) -> torch.device:
     return torch.device(cfg.device)
 
 
-def _get(cfg: DictConfig, field: str) -> Any:
-    node: Any = cfg
-    for part in field.split("."):
-        if part not in node:
-            raise ConfigError(f"config field {field!r} is missing.")
-        node = node[part]
-    return node
+def config_fields(cfg: DictConfig) -> dict[str, Any]:
+    """Every leaf of ``cfg`` (hydra's own node left out), resolved, by its dotted name.
+
+    Examples:
+        >>> config_fields(OmegaConf.create({"seed": 0, "optim": {"lr": 1e-3, "q": [1, 2]}}))
+        {'seed': 0, 'optim.lr': 0.001, 'optim.q': [1, 2]}
+    """
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict) and value:
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    walk({k: v for k, v in plain.items() if k != "hydra"}, "")
+    return flat
 
 
-def _int(cfg: DictConfig, field: str, low: int) -> None:
-    value = _get(cfg, field)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{field} must be an integer >= {low}, got {value!r}.")
+# A check gets the field's name, its value and every field of the config (for bounds that
+# are other fields, given by name).
+Check = Callable[[str, Any, dict[str, Any]], None]
+
+
+def _bound(fields: dict[str, Any], bound: float | str) -> tuple[Any, str]:
+    """A bound's value, and how a message shows it (a field as ``name = value``)."""
+    if isinstance(bound, str):
+        return fields[bound], f"{bound} = {fields[bound]}"
+    return bound, str(bound)
+
+
+def _int(low: int | str, high: int | None = None, optional: bool = False) -> Check:
+    def check(field: str, value: Any, fields: dict[str, Any]) -> None:
+        if value is None and optional:
+            return
+        lo, shown = _bound(fields, low)
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= lo
+        if not ok or (high is not None and value > high):
+            allowed = f">= {shown}" if high is None else f"in [{shown}, {high}]"
+            null = " or null" if optional else ""
+            raise ConfigError(f"{field} must be an integer {allowed}{null}, got {value!r}.")
+
+    return check
 
 
 def _num(
-    cfg: DictConfig,
-    field: str,
-    low: float,
-    high: float = float("inf"),
+    low: float | str,
+    high: float | str = math.inf,
     low_open: bool = True,
     optional: bool = False,
-) -> None:
-    value = _get(cfg, field)
-    if value is None and optional:
-        return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise ConfigError(f"{field} must be a number in {bracket}{low}, {high}], got {value!r}.")
+) -> Check:
+    """A finite number in ``(low, high]`` (``[low, high]`` with ``low_open=False``)."""
+
+    def check(field: str, value: Any, fields: dict[str, Any]) -> None:
+        if value is None and optional:
+            return
+        (lo, lo_shown), (hi, hi_shown) = _bound(fields, low), _bound(fields, high)
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value) and (value > lo if low_open else value >= lo)
+        if not (ok and value <= hi):
+            if math.isinf(hi):
+                allowed = f"{'>' if low_open else '>='} {lo_shown}"
+            else:
+                allowed = f"in {'(' if low_open else '['}{lo_shown}, {hi_shown}]"
+            null = " or null" if optional else ""
+            raise ConfigError(f"{field} must be a finite number {allowed}{null}, got {value!r}.")
+
+    return check
 
 
-def _choice(cfg: DictConfig, field: str, allowed: tuple[str, ...]) -> None:
-    value = _get(cfg, field)
-    if value not in allowed:
-        raise ConfigError(f"{field} must be one of {', '.join(allowed)}; got {value!r}.")
+def _choice(*allowed: Any) -> Check:
+    def check(field: str, value: Any, fields: dict[str, Any]) -> None:
+        if value not in allowed:
+            raise ConfigError(f"{field} must be one of {', '.join(allowed)}; got {value!r}.")
+
+    return check
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` for the first invalid field of a recipe config.
+def _bool(field: str, value: Any, fields: dict[str, Any]) -> None:
+    # hydra reads `resume=no` as the string 'no', which Python would take for true
+    if not isinstance(value, bool):
+        raise ConfigError(f"{field} must be true or false; got {value!r}.")
 
-    Examples:
-        >>> from omegaconf import OmegaConf
-        >>> cfg = OmegaConf.create({"seed": -1})
-        >>> validate_config(cfg)
-        Traceback (most recent call last):
-        ...
-        dqs_torchrl.harness.config.ConfigError: seed must be an integer >= 0, got -1.
-    """
-    _int(cfg, "seed", 0)
-    _choice(cfg, "env.suite", ("dmc", "maze"))
-    if cfg.env.suite == "dmc":
-        from dqs_torchrl.envs import split_task
 
+def _text(field: str, value: Any, fields: dict[str, Any]) -> None:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{field} must be a non-empty string, got {value!r}.")
+
+
+def _list(item: Check, what: str) -> Check:
+    def check(field: str, value: Any, fields: dict[str, Any]) -> None:
+        ok = isinstance(value, list) and bool(value)
         try:
-            split_task(_get(cfg, "env.task"))
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-    if _get(cfg, "env.max_episode_steps") is not None:
-        _int(cfg, "env.max_episode_steps", 1)
-    _int(cfg, "collector.total_frames", 1)
-    _int(cfg, "collector.init_random_frames", 0)
-    _int(cfg, "collector.frames_per_batch", 1)
-    _int(cfg, "collector.num_workers", 1)
-    _choice(cfg, "collector.backend", _BACKENDS)
-    if not isinstance(_get(cfg, "collector.sync"), bool):
-        raise ConfigError(f"collector.sync must be true or false; got {cfg.collector.sync!r}.")
-    _choice(cfg, "device", ("auto", "cpu", "cuda"))
-    if cfg.device == "cuda" and not torch.cuda.is_available():
+            for x in value if ok else []:
+                item(field, x, fields)
+        except ConfigError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"{field} must be a non-empty list of {what}, got {value!r}.")
+
+    return check
+
+
+def _dmc_task(field: str, value: Any, fields: dict[str, Any]) -> None:
+    from dqs_torchrl.envs import split_task
+
+    _text(field, value, fields)
+    try:
+        split_task(value)
+    except ValueError as err:
+        raise ConfigError(str(err).replace("env.task", field)) from None
+
+
+def _task(field: str, value: Any, fields: dict[str, Any]) -> None:
+    if fields["env.suite"] == "dmc":
+        _dmc_task(field, value, fields)
+    elif value != "two-goal-maze":
+        raise ConfigError(f"{field} must be two-goal-maze with env.suite=maze; got {value!r}.")
+
+
+def _device(field: str, value: Any, fields: dict[str, Any]) -> None:
+    _choice("auto", "cpu", "cuda")(field, value, fields)
+    if value == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             "device=cuda but torch sees no CUDA device (torch.cuda.is_available() is False); "
             "use device=auto or device=cpu."
+        )
+
+
+def _compile_mode(field: str, value: Any, fields: dict[str, Any]) -> None:
+    if not (isinstance(value, bool) or value in _COMPILE_MODES):
+        raise ConfigError(
+            f"{field} must be true, false or one of {', '.join(_COMPILE_MODES)}; got {value!r}."
+        )
+    if value and fields["algo.sampler"] not in STEP_SAMPLERS:
+        raise ConfigError(
+            f"{field} must be false unless algo.sampler is one of "
+            f"{', '.join(STEP_SAMPLERS)} (one score call per step); got "
+            f"algo.sampler={fields['algo.sampler']!r}."
+        )
+
+
+def _final_temperature(field: str, value: Any, fields: dict[str, Any]) -> None:
+    constant = fields["algo.temperature.schedule"] == "constant"
+    _num(0.0, optional=constant)(field, value, fields)
+
+
+# Every field of every recipe, in the order they are checked (a bound that names another
+# field comes after it).
+FIELDS: dict[str, Check] = {
+    "seed": _int(0, _MAX_SEED),
+    "env.suite": _choice("dmc", "maze"),
+    "env.task": _task,
+    "env.max_episode_steps": _int(1, optional=True),
+    "collector.total_frames": _int(1),
+    "collector.init_random_frames": _int(0),
+    "collector.frames_per_batch": _int(1),
+    "collector.num_workers": _int(1),
+    "collector.backend": _choice(*_BACKENDS),
+    "collector.sync": _bool,
+    "buffer.batch_size": _int(1),
+    "buffer.size": _int("buffer.batch_size"),
+    "optim.lr": _num(0.0),
+    "optim.gamma": _num(0.0, 1.0),
+    "optim.tau": _num(0.0, 1.0),
+    "optim.utd_ratio": _num(0.0),
+    "optim.clip_norm": _num(0.0, optional=True),
+    "eval.interval_frames": _int(1),
+    "eval.episodes": _int(1),
+    "eval.deterministic": _bool,
+    "logger.backend": _choice(*_LOGGERS),
+    "logger.project": _text,
+    "checkpoint.interval_frames": _int(1),
+    "checkpoint.keep_last": _int(1),
+    "device": _device,
+    "resume": _bool,
+    "overwrite": _bool,
+    "progress_bar": _bool,
+    "paper_tasks": _list(_dmc_task, "dm_control task names"),
+    "algo.name": _choice("dqs", "sac", "qsm"),
+    "algo.q_cells": _list(_int(1), "integers >= 1, e.g. [256, 256]"),
+}
+# The diffusion actor's fields: checked for algo=dqs and qsm; known, and unused, with
+# algo=sac, which the shared presets (fidelity, smoke) give them too.
+DIFFUSION_FIELDS: dict[str, Check] = {
+    "algo.score_cells": _int(1),
+    "algo.embedding_dim": _int(2),
+    "algo.num_steps": _int(1),
+    "algo.num_mc_samples": _int(1),
+    "algo.num_mc_samples_small": _int(1, optional=True),
+    "algo.small_sigma": _num(0.0),
+    "algo.estimator": _choice(*IDEMScoreLoss.ESTIMATORS),
+    "algo.energy": _choice(*IDEMScoreLoss.ENERGIES),
+    "algo.sigma_min": _num(0.0),
+    "algo.sigma_max": _num("algo.sigma_min"),
+    "algo.sigma_end": _num("algo.sigma_min", "algo.sigma_max", low_open=False, optional=True),
+    "algo.sampler": _choice(*SAMPLERS),
+    "algo.spacing": _choice(*SPACINGS),
+    "algo.denoise": _bool,
+    "algo.compile_sampler": _compile_mode,
+    "algo.max_score_norm": _num(0.0, optional=True),
+    "algo.tanh_correction": _bool,
+    "algo.ema": _bool,
+    "algo.ema_tau": _num(0.0, 1.0),
+    "algo.qsm_scale": _num(0.0),
+    "algo.temperature.schedule": _choice(*SCHEDULES),
+    "algo.temperature.initial": _num(0.0),
+    "algo.temperature.final": _final_temperature,
+}
+_NOT_REQUIRED = ("paper_tasks",)  # a list for sweeps (recipes/tasks.py); runs never read it
+
+
+def _unknown_key(key: str) -> ConfigError:
+    known = {*FIELDS, *DIFFUSION_FIELDS}
+    known |= {name.rsplit(".", i)[0] for name in known for i in range(1, name.count(".") + 1)}
+    known = {name for name in known if not key.startswith(f"{name}.")}  # not its own parent
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    hint = f"; did you mean {close[0]}?" if close else "."
+    return ConfigError(
+        f"unknown config key {key!r} (a typo, or a '+' override of a field no recipe has){hint}"
+    )
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for an unknown key, or the first invalid or missing field.
+
+    Examples:
+        >>> validate_config(OmegaConf.create({"seed": -1}))
+        Traceback (most recent call last):
+        ...
+        dqs_torchrl.harness.config.ConfigError: seed must be an integer in [0, 4294957295], got -1.
+        >>> validate_config(OmegaConf.create({"optim": {"lrr": 1}}))
+        Traceback (most recent call last):
+        ...
+        dqs_torchrl.harness.config.ConfigError: unknown config key 'optim.lrr' ...mean optim.lr?
+    """
+    fields = config_fields(cfg)
+    for key in fields:
+        if key not in FIELDS and key not in DIFFUSION_FIELDS:
+            raise _unknown_key(key)
+    checks = list(FIELDS.items())
+    if fields.get("algo.name") in ("dqs", "qsm"):  # SAC leaves them unchecked (and unused)
+        checks += DIFFUSION_FIELDS.items()
+    for field, check in checks:
+        if field in fields:
+            check(field, fields[field], fields)
+        elif field not in _NOT_REQUIRED:
+            raise ConfigError(f"config field {field!r} is missing.")
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError(
+            "resume=true and overwrite=true contradict each other: resume continues the run in "
+            "the directory, overwrite moves it aside to start afresh."
         )
     if cfg.collector.backend == "ray":
         try:
@@ -119,53 +320,3 @@ def validate_config(cfg: DictConfig) -> None:
                 f"collector.backend=ray, got {cfg.collector.frames_per_batch} and "
                 f"{cfg.collector.num_workers}."
             )
-    _int(cfg, "buffer.batch_size", 1)
-    _int(cfg, "buffer.size", cfg.buffer.batch_size)
-    _num(cfg, "optim.lr", 0.0)
-    _num(cfg, "optim.gamma", 0.0, 1.0)
-    _num(cfg, "optim.tau", 0.0, 1.0)
-    _num(cfg, "optim.utd_ratio", 0.0)
-    _num(cfg, "optim.clip_norm", 0.0, optional=True)
-    _int(cfg, "eval.interval_frames", 1)
-    _int(cfg, "eval.episodes", 1)
-    _choice(cfg, "logger.backend", _LOGGERS)
-    _int(cfg, "checkpoint.interval_frames", 1)
-    _int(cfg, "checkpoint.keep_last", 1)
-    _choice(cfg, "algo.name", ("dqs", "sac", "qsm"))
-    if cfg.algo.name == "sac":
-        return
-    a = "algo."
-    _int(cfg, a + "num_steps", 1)
-    _int(cfg, a + "num_mc_samples", 1)
-    if _get(cfg, a + "num_mc_samples_small") is not None:
-        _int(cfg, a + "num_mc_samples_small", 1)
-    _num(cfg, a + "small_sigma", 0.0)
-    _choice(cfg, a + "estimator", IDEMScoreLoss.ESTIMATORS)
-    _choice(cfg, a + "energy", IDEMScoreLoss.ENERGIES)
-    _int(cfg, a + "score_cells", 1)
-    _int(cfg, a + "embedding_dim", 2)
-    _num(cfg, a + "sigma_min", 0.0)
-    _num(cfg, a + "sigma_max", cfg.algo.sigma_min)
-    _num(
-        cfg, a + "sigma_end", cfg.algo.sigma_min, cfg.algo.sigma_max, low_open=False, optional=True
-    )
-    _choice(cfg, a + "sampler", tuple(SAMPLERS))
-    _choice(cfg, a + "spacing", tuple(SPACINGS))
-    compile_mode = _get(cfg, a + "compile_sampler")
-    if compile_mode not in (True, False, *_COMPILE_MODES):
-        raise ConfigError(
-            f"algo.compile_sampler must be true, false or one of {', '.join(_COMPILE_MODES)}; "
-            f"got {compile_mode!r}."
-        )
-    if compile_mode and cfg.algo.sampler not in STEP_SAMPLERS:
-        raise ConfigError(
-            "algo.compile_sampler must be false unless algo.sampler is one of "
-            f"{', '.join(STEP_SAMPLERS)} (one score call per step); got "
-            f"algo.sampler={cfg.algo.sampler!r}."
-        )
-    _num(cfg, a + "max_score_norm", 0.0, optional=True)
-    _num(cfg, a + "ema_tau", 0.0, 1.0)
-    _num(cfg, a + "qsm_scale", 0.0)
-    _choice(cfg, a + "temperature.schedule", SCHEDULES)
-    _num(cfg, a + "temperature.initial", 0.0)
-    _num(cfg, a + "temperature.final", 0.0, optional=cfg.algo.temperature.schedule == "constant")

@@ -22,8 +22,8 @@ from torchrl.record.loggers import get_logger
 from tqdm.auto import tqdm
 
 from dqs_torchrl.harness.agents import Agent, NonFiniteLossError, make_agent
-from dqs_torchrl.harness.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from dqs_torchrl.harness.config import resolve_device, validate_config
+from dqs_torchrl.harness.checkpoint import save_checkpoint
+from dqs_torchrl.harness.config import EVAL_SEED_OFFSET, resolve_device, validate_config
 from dqs_torchrl.harness.plotting import plot_learning_curve
 from dqs_torchrl.harness.resume import (
     SeededReset,
@@ -32,8 +32,10 @@ from dqs_torchrl.harness.resume import (
     restore_collector,
     rng_state,
     set_rng_state,
+    truncate_eval_log,
     truncate_scalar_logs,
 )
+from dqs_torchrl.harness.rundir import check_networks, lock_run_dir, open_run, run_identity
 
 __all__ = ["train", "make_env", "evaluate"]
 
@@ -166,40 +168,40 @@ class _EvalLog:
 
     def __init__(self, path: Path, resume_frames: int) -> None:
         self.path = path
-        if path.exists():  # drop rows past the checkpoint we resume from
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(float(r["frames"])) <= resume_frames]
-            self._write(rows, mode="w")
-
-    def _write(self, rows: list[dict[str, Any]], mode: str) -> None:
-        if not rows:
-            if mode == "w":
-                self.path.unlink(missing_ok=True)
-            return
-        new = mode == "w" or not self.path.exists()
-        with open(self.path, mode if not new else "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+        truncate_eval_log(path, resume_frames)  # rows past the checkpoint, or cut by a kill
 
     def append(self, row: dict[str, Any]) -> None:
-        self._write([row], mode="a")
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train the agent of ``cfg`` in ``run_dir``; resume from its last checkpoint if asked.
 
-    Returns a summary: frames, updates, the last evaluation, and the paths written.
+    The run holds the directory's lock for its life and, before writing anything, refuses a
+    directory that holds another run and a checkpoint of another run
+    (:mod:`dqs_torchrl.harness.rundir`). Returns a summary: frames, updates, the last
+    evaluation, and the paths written.
     """
     validate_config(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with lock_run_dir(run_dir):
+        return _train(cfg, run_dir)
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ckpt_dir = run_dir / "checkpoints"
+    resume_from = open_run(cfg, run_dir)
+    identity = run_identity(cfg)
     seed_everything(cfg.seed)
 
     env = make_env(cfg, cfg.seed)
-    eval_env = make_env(cfg, cfg.seed + 10_000)
+    eval_env = make_env(cfg, cfg.seed + EVAL_SEED_OFFSET)
     device = resolve_device(cfg)
     agent = make_agent(cfg, env, device)
     buffer = TensorDictReplayBuffer(
@@ -208,8 +210,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
     frames = 0
     state: dict[str, Any] = {}
-    if cfg.resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
-        state = load_checkpoint(ckpt)
+    if resume_from is not None:
+        ckpt, state = resume_from
+        check_networks(state["agent"], agent.state_dict(), ckpt)
         agent.load_state_dict(state["agent"])
         _load_buffer(buffer, state["buffer"])
         frames = int(state["frames"])
@@ -330,6 +333,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                         },
                         "eval_env": {"resets": find_seeded_reset(eval_env).resets},
                         "collector": collector_state(collector),
+                        "identity": identity,  # what a resume must match (rundir.open_run)
                         "rng": rng_state(),  # last: nothing draws between here and the next batch
                     },
                     ckpt_dir,

@@ -35,6 +35,7 @@ __all__ = [
     "restore_collector",
     "rng_state",
     "set_rng_state",
+    "truncate_eval_log",
     "truncate_scalar_logs",
 ]
 
@@ -219,16 +220,30 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _row_step(line: str) -> int | None:
-    """The step of a complete ``step,value`` row of TorchRL's CSV logger, else ``None``."""
-    fields = line.rstrip("\n").split(",")
-    if not line.endswith("\n") or len(fields) != 2:
+def _row_step(line: str, columns: int = 2) -> int | None:
+    """The step (first field) of a complete row of ``columns`` numbers, else ``None``."""
+    fields = line.rstrip("\r\n").split(",")
+    if not line.endswith("\n") or len(fields) != columns:
         return None
     try:
-        float(fields[1])
+        for field in fields[1:]:
+            float(field)
         return int(fields[0])
     except ValueError:
         return None
+
+
+def _rewrite(path: Path, lines: list[str], keep: list[str]) -> None:
+    """Write ``keep`` over ``path`` atomically (remove it when empty), unless nothing changed."""
+    if keep == lines:
+        return
+    if not keep:
+        path.unlink()
+        return
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_log_")
+    with os.fdopen(fd, "w", newline="") as f:
+        f.writelines(keep)
+    os.replace(tmp, path)
 
 
 def truncate_scalar_logs(log_dir: str | Path, frames: int) -> None:
@@ -253,12 +268,36 @@ def truncate_scalar_logs(log_dir: str | Path, frames: int) -> None:
             continue
         lines = path.read_text().splitlines(keepends=True)
         keep = [line for line in lines if (step := _row_step(line)) is not None and step <= frames]
-        if keep == lines:
-            continue
-        if not keep:
-            path.unlink()
-            continue
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_log_")
-        with os.fdopen(fd, "w") as f:
-            f.writelines(keep)
-        os.replace(tmp, path)
+        _rewrite(path, lines, keep)
+
+
+def truncate_eval_log(path: str | Path, frames: int) -> None:
+    """Drop the rows past ``frames`` from the harness's ``eval.csv``, as
+    :func:`truncate_scalar_logs` does for the scalar logs: a row (or header) cut short by a
+    kill goes too, so the next evaluation appends to whole rows. Rewritten atomically; removed
+    when no row is left (the next evaluation writes the header again).
+
+    Examples:
+        >>> path = Path(tempfile.mkdtemp()) / "eval.csv"
+        >>> _ = path.write_text("frames,return_mean\\n100,1.5\\n200,2.5\\n2")
+        >>> truncate_eval_log(path, 200)
+        >>> path.read_text()
+        'frames,return_mean\\n100,1.5\\n200,2.5\\n'
+        >>> _ = path.write_text("frames,retu")  # killed while writing the header
+        >>> truncate_eval_log(path, 200)
+        >>> path.exists()
+        False
+    """
+    path = Path(path)
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:  # keep csv's \r\n line ends as they are
+        lines = f.readlines()
+    header = lines[0] if lines and lines[0].endswith("\n") else ""
+    columns = header.count(",") + 1
+    rows = [
+        line
+        for line in lines[1:]
+        if header and (step := _row_step(line, columns)) is not None and step <= frames
+    ]
+    _rewrite(path, lines, [header, *rows] if rows else [])
