@@ -13,7 +13,8 @@ and groups of runs (``recipe`` dmc or maze, ``algos``, ``tasks``, ``seeds``, ext
 variant ``{name: dqs-unbounded, algo: dqs, overrides: [algo.energy=unbounded]}``; a run lives
 in ``<root>/<task>/<name>/seed<seed>`` (the layout ``recipes/plot.py`` reads).
 
-``run`` skips finished runs (their ``eval.csv`` reaches the run's total frames), resumes
+``run`` skips finished runs (their ``eval.csv`` reaches the run's total frames) and runs
+another process holds (the run directory's lock), resumes
 interrupted ones (``resume=true`` when a checkpoint exists) and starts the others, in file
 order, ``--jobs`` at a time, each process with one torch thread; a run's output goes to
 ``<run dir>.log``. Stop it at any time (Ctrl-C, end of a job allocation): the next ``run``
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import os
 import shutil
 import subprocess
@@ -35,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from dqs_torchrl.harness.rundir import results_in
 
 HERE = Path(__file__).resolve().parent
 RECIPES = {"dmc": HERE / "dqs_dmc.py", "maze": HERE / "dqs_maze.py"}
@@ -63,14 +67,29 @@ class Run:
         return int(float(rows[-1]["frames"])) if rows else 0
 
     def has_checkpoint(self, root: Path) -> bool:
-        return any((self.path(root) / "checkpoints").glob("*.pt"))
+        return any((self.path(root) / "checkpoints").glob("ckpt_*.pt"))
+
+    def is_running(self, root: Path) -> bool:
+        """Whether a process holds the run directory's lock (dqs_torchrl.harness.rundir)."""
+        lock = self.path(root) / ".lock"
+        if not lock.exists():
+            return False
+        with open(lock) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+        return False
 
     def state(self, root: Path) -> str:
         if self.frames_done(root) >= self.total_frames:
             return "finished"
+        if self.is_running(root):
+            return "running"
         if self.has_checkpoint(root):
             return "interrupted"
-        return "fresh" if not self.path(root).exists() else "started, no checkpoint"
+        return "started, no checkpoint" if results_in(self.path(root)) else "fresh"
 
     def command(self, root: Path) -> list[str]:
         args = [
@@ -160,9 +179,14 @@ def status(root: Path, runs: list[Run]) -> str:
 def run_all(root: Path, runs: list[Run], jobs: int, poll_s: float = 5.0) -> int:
     """Start or resume every unfinished run, ``jobs`` at a time; the number that failed."""
     todo = [r for r in runs if r.state(root) != "finished"]
-    skipped = [r for r in todo if r.state(root) == "started, no checkpoint"]
+    skipped = [r for r in todo if r.state(root) in ("started, no checkpoint", "running")]
     for r in skipped:
-        print(f"skip {r.path(root)}: it holds output but no checkpoint; move it away to rerun.")
+        why = (
+            "another process is running it"
+            if r.state(root) == "running"
+            else "it holds output but no checkpoint; move it away to rerun"
+        )
+        print(f"skip {r.path(root)}: {why}.")
     todo = [r for r in todo if r not in skipped]
     print(f"{len(runs) - len(todo) - len(skipped)} finished, {len(todo)} to run, {jobs} at a time")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")

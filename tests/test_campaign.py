@@ -141,3 +141,21 @@ groups:
         reach = "-"
     row = f"| cartpole-balance | sac | {rows[150]:.1f} (1) | {rows[300]:.1f} (1) | {reach} |"
     assert row in claims
+
+
+def test_a_run_another_process_holds_is_reported_running_and_not_started(tmp_path):
+    from dqs_torchrl.harness.rundir import lock_run_dir
+
+    spec_file = _write(
+        tmp_path / "c.yaml",
+        f"root: {tmp_path / 'runs'}\ntotal_frames: 300\ngroups: [{{tasks: [cartpole-balance]}}]\n",
+    )
+    root, runs = campaign.load_spec(spec_file)
+    held = runs[0].path(root)
+    held.mkdir(parents=True)
+    with lock_run_dir(held):  # the lock a training process holds for its life
+        assert runs[0].state(root) == "running"
+        assert runs[1].state(root) == "fresh"
+        out = _run(["run", "--spec", str(spec_file), "--only", "cartpole-balance/dqs"])
+        assert "0 to run" in out.stdout and "another process is running it" in out.stdout
+    assert runs[0].state(root) == "fresh"  # released: it can be started
