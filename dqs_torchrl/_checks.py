@@ -28,3 +28,45 @@ def check_temperature_tensor(temperature: Tensor, name: str = "temperature") -> 
     if not bool(((temperature > 0) & torch.isfinite(temperature)).all()):
         raise ValueError(f"{name} must be finite and > 0 everywhere, got {temperature}.")
     return temperature
+
+
+class MissingKeyError(KeyError):
+    """A key a module reads is missing from the tensordict (its message prints as written)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def require_keys(tensordict: object, keys: list, module: str, remap: str = "") -> None:
+    """Raise :class:`MissingKeyError` naming the missing ``keys``, the ``module`` reading them
+    and how to remap them (default: ``<module>.set_keys(...)``)."""
+    present = set(tensordict.keys(include_nested=True, leaves_only=True))  # type: ignore[attr-defined]
+    missing = [k for k in keys if (k if isinstance(k, str) else tuple(k)) not in present]
+    if missing:
+        raise MissingKeyError(
+            f"{module} reads {', '.join(repr(k) for k in missing)}, missing from the tensordict "
+            f"(it holds {', '.join(sorted(map(repr, present)))}); if your data names it "
+            f"otherwise, {remap or f'remap with {module}.set_keys(...)'}."
+        )
+
+
+def check_last_dim(tensor: Tensor, expected: int | None, what: str, module: str) -> None:
+    """Raise ``ValueError`` unless ``tensor.shape[-1] == expected`` (no check if unknown)."""
+    if expected is not None and (tensor.ndim == 0 or tensor.shape[-1] != expected):
+        got = tuple(tensor.shape)
+        raise ValueError(
+            f"{module}: {what} has shape {got}, but its networks expect a last dimension of "
+            f"{expected}."
+        )
+
+
+def as_bool_flag(flag: Tensor, name: str, module: str) -> Tensor:
+    """A done / terminated flag as ``bool``: 0/1 floats or ints are converted, others refused."""
+    if flag.dtype == torch.bool:
+        return flag
+    if not bool(((flag == 0) | (flag == 1)).all()):
+        raise ValueError(
+            f"{module}: {name!r} must be boolean (or 0/1), got dtype {flag.dtype} with values "
+            f"{flag.unique()[:5].tolist()}."
+        )
+    return flag != 0

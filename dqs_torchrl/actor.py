@@ -13,7 +13,12 @@ from torch import Tensor, nn
 from torchrl.data import Bounded, Composite, TensorSpec
 from torchrl.envs.utils import ExplorationType, exploration_type
 
-from dqs_torchrl._checks import check_temperature, check_temperature_tensor
+from dqs_torchrl._checks import (
+    check_last_dim,
+    check_temperature,
+    check_temperature_tensor,
+    require_keys,
+)
 from dqs_torchrl.energy import squash, unsquash
 from dqs_torchrl.networks import ScoreNetwork, score_head
 from dqs_torchrl.samplers import (
@@ -204,6 +209,12 @@ class DiffusionActor(TensorDictModuleBase):
             if not isinstance(score_network, ScoreNetwork):
                 raise ValueError("compile_sampler needs a ScoreNetwork (its head_weights()).")
         low, high = _box_bounds(action_spec, action_key)
+        net_action_dim = getattr(score_network, "action_dim", None)
+        if net_action_dim is not None and net_action_dim != low.shape[-1]:
+            raise ValueError(
+                f"the action spec has {low.shape[-1]} dimensions but the score network was "
+                f"built for action_dim={net_action_dim}; build it with the spec's action size."
+            )
         self.register_buffer("low", low)
         self.register_buffer("high", high)
         self.register_buffer("temperature", torch.tensor(check_temperature(temperature)))
@@ -254,6 +265,12 @@ class DiffusionActor(TensorDictModuleBase):
         ``temperature`` is a float or a tensor broadcastable to ``[*batch, 1]``; ``None`` uses
         the actor's own temperature.
         """
+        check_last_dim(
+            observation,
+            getattr(self.score_network, "observation_dim", None),
+            "the observation",
+            "DiffusionActor",
+        )
         batch_shape = observation.shape[:-1]
         n = batch_shape.numel()
         obs = observation.reshape(n, observation.shape[-1]).to(self.low.dtype)
@@ -343,6 +360,9 @@ class DiffusionActor(TensorDictModuleBase):
         return tensordict
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        require_keys(
+            tensordict, [self.observation_key], "DiffusionActor", "pass observation_key=..."
+        )
         observation = tensordict.get(self.observation_key)
         temperature = tensordict.get(self.temperature_key, None)
         explore = exploration_type() in (None, ExplorationType.RANDOM)

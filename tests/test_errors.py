@@ -201,3 +201,89 @@ def test_call_time_temperature_is_checked(value):
     td = TensorDict(observation=obs, temperature=torch.full((4, 1), value), batch_size=[4])
     with pytest.raises(ValueError, match="temperature"):
         actor(td)
+
+
+# --- the library's edges: data that does not fit the modules (issue 10) ---------------------
+
+
+def _batch(n=4, obs_dim=OBS_DIM, act_dim=ACT_DIM, flag_dtype=torch.bool, drop=()):
+    from tensordict import TensorDict
+
+    flags = torch.zeros(n, 1, dtype=flag_dtype)
+    nxt = {"observation": torch.randn(n, obs_dim), "reward": torch.randn(n, 1)}
+    nxt |= {"done": flags, "terminated": flags.clone()}
+    td = TensorDict(
+        observation=torch.randn(n, obs_dim),
+        action=torch.rand(n, act_dim) * 2 - 1,
+        next=TensorDict(nxt, batch_size=[n]),
+        batch_size=[n],
+    )
+    for key in drop:
+        del td[key]
+    return td
+
+
+def _double_q():
+    loss = DoubleQLoss(_actor(), make_q_network(OBS_DIM, ACT_DIM, (8,)))
+    loss.make_value_estimator(gamma=0.99)
+    return loss
+
+
+@pytest.mark.parametrize(
+    "drop, key",
+    [
+        (["observation"], "'observation'"),
+        ([("next", "reward")], "('next', 'reward')"),
+        ([("next", "terminated")], "('next', 'terminated')"),
+        ([("next", "observation")], "('next', 'observation')"),
+    ],
+)
+def test_double_q_loss_names_a_missing_key(drop, key):
+    with pytest.raises(
+        KeyError, match=r"DoubleQLoss reads .*" + key.replace("(", r"\(").replace(")", r"\)")
+    ):
+        _double_q()(_batch(drop=drop))
+
+
+def test_double_q_loss_bootstraps_without_the_optional_done_flag():
+    out = _double_q()(_batch(drop=[("next", "done")]))
+    assert torch.isfinite(out["loss_qvalue"])
+
+
+def test_float_done_flags_give_the_same_loss_as_bool_flags():
+    torch.manual_seed(0)
+    loss = _double_q()
+    batch = _batch()
+    batch["next", "terminated"][0] = True
+    as_float = batch.clone()
+    for key in (("next", "done"), ("next", "terminated")):
+        as_float[key] = batch[key].float()
+    torch.manual_seed(1)
+    expected = loss(batch)["loss_qvalue"]
+    torch.manual_seed(1)
+    assert torch.equal(loss(as_float)["loss_qvalue"], expected)
+    assert as_float["next", "terminated"].dtype == torch.float32  # the caller's data untouched
+    as_float["next", "terminated"][1] = 0.5
+    with pytest.raises(ValueError, match="'terminated'.* must be boolean"):
+        loss(as_float)
+
+
+def test_wrong_observation_or_action_size_names_module_expected_and_got():
+    with pytest.raises(ValueError, match=r"DoubleQLoss: 'observation' has shape \(4, 5\).*3"):
+        _double_q()(_batch(obs_dim=5))
+    with pytest.raises(ValueError, match=r"DoubleQLoss: 'action' has shape \(4, 3\).*2"):
+        _double_q()(_batch(act_dim=3))
+    score = IDEMScoreLoss(_actor(), _critic(), num_mc_samples=2)
+    with pytest.raises(ValueError, match=r"IDEMScoreLoss: 'observation' has shape \(4, 5\)"):
+        score(_batch(obs_dim=5))
+    with pytest.raises(KeyError, match="IDEMScoreLoss reads 'action'"):
+        score(_batch(drop=["action"]))
+    with pytest.raises(ValueError, match=r"DiffusionActor: the observation has shape \(4, 5\)"):
+        _actor()(_batch(obs_dim=5))
+    with pytest.raises(KeyError, match="DiffusionActor reads 'observation'"):
+        _actor()(_batch(drop=["observation"]))
+
+
+def test_action_spec_that_does_not_fit_the_score_network():
+    with pytest.raises(ValueError, match="3 dimensions but the score network .*action_dim=2"):
+        DiffusionActor(ScoreNetwork(OBS_DIM, ACT_DIM, 8, 8), Bounded(-1.0, 1.0, shape=(3,)))

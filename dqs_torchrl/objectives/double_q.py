@@ -19,7 +19,7 @@ from torchrl.objectives.utils import (
 )
 from torchrl.objectives.value import TD0Estimator
 
-from dqs_torchrl._checks import check_temperature
+from dqs_torchrl._checks import as_bool_flag, check_last_dim, check_temperature, require_keys
 from dqs_torchrl.actor import DiffusionActor
 
 __all__ = ["DoubleQLoss", "check_critic_keys"]
@@ -205,6 +205,25 @@ class DoubleQLoss(LossModule):
         if self._value_estimator is None:
             self.make_value_estimator()
         k = self.tensor_keys
+        # ("next", "done") is optional (TD(0) bootstraps on "terminated" alone); the others are
+        # needed, and a batch without "terminated" would silently bootstrap through terminal
+        # states, so it is refused rather than guessed.
+        require_keys(
+            tensordict, [key for key in self.in_keys if key != ("next", k.done)], "DoubleQLoss"
+        )
+        tensordict = tensordict.copy()  # shallow: the flags below are replaced, not mutated
+        for key in (("next", k.done), ("next", k.terminated)):
+            flag = tensordict.get(key, None)
+            if flag is not None:
+                tensordict.set(key, as_bool_flag(flag, str(key), "DoubleQLoss"))
+        obs_dim = getattr(self.actor_network.score_network, "observation_dim", None)
+        check_last_dim(tensordict.get(k.observation), obs_dim, repr(k.observation), "DoubleQLoss")
+        check_last_dim(
+            tensordict.get(k.action),
+            self.actor_network.low.shape[-1],
+            repr(k.action),
+            "DoubleQLoss",
+        )
         target = self._target_value(tensordict).squeeze(-1)
         td = tensordict.select(k.observation, k.action)
         pred = self._vmap_qnetwork(td, self.qvalue_network_params).get(k.state_action_value)

@@ -11,7 +11,7 @@ from tensordict.utils import NestedKey
 from torch import Tensor
 from torchrl.objectives import LossModule
 
-from dqs_torchrl._checks import check_positive_int, check_temperature
+from dqs_torchrl._checks import check_last_dim, check_positive_int, check_temperature, require_keys
 from dqs_torchrl.actor import DiffusionActor
 from dqs_torchrl.energy import tanh_log_jacobian, unsquash
 from dqs_torchrl.objectives.double_q import DoubleQLoss, check_critic_keys
@@ -277,7 +277,14 @@ class IDEMScoreLoss(LossModule):
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         k = self.tensor_keys
+        action_keys = [k.action_raw] if k.action_raw in tensordict.keys(True) else [k.action]
+        if self.energy == "unbounded":
+            action_keys = [k.action]
+        require_keys(tensordict, [k.observation, *action_keys], "IDEMScoreLoss")
+        obs_dim = getattr(self.actor_network.score_network, "observation_dim", None)
+        check_last_dim(tensordict.get(k.observation), obs_dim, repr(k.observation), "IDEMScoreLoss")
         x_a = self._latent_action(tensordict)
+        check_last_dim(x_a, self.actor_network.low.shape[-1], repr(action_keys[0]), "IDEMScoreLoss")
         x_a = x_a.reshape(-1, x_a.shape[-1])
         observation = tensordict.get(k.observation)
         observation = observation.reshape(x_a.shape[0], observation.shape[-1])
