@@ -17,7 +17,7 @@ from torchrl.trainers import (
 )
 
 from dqs_torchrl.objectives.dqs import DQSLoss
-from dqs_torchrl.temperature import TemperatureScheduler
+from dqs_torchrl.temperature import TemperatureController, TemperatureScheduler
 
 __all__ = ["DQSTrainer"]
 
@@ -41,7 +41,9 @@ class DQSTrainer(Trainer):
         total_frames: environment frames to train for.
 
     Keyword Args:
-        temperature_scheduler: optional; stepped with the frames of every batch.
+        temperature_scheduler: optional; a :class:`~dqs_torchrl.TemperatureScheduler` is
+            stepped with the frames of every batch, a :class:`~dqs_torchrl.TemperatureController`
+            on every sampled optimisation batch.
         target_net_updater: defaults to ``SoftUpdate(loss_module, tau=tau)``.
         tau: Polyak coefficient of the default updater (paper: 0.005).
         optim_steps_per_batch: defaults to one update per collected frame (the paper's ratio).
@@ -60,7 +62,7 @@ class DQSTrainer(Trainer):
         replay_buffer: ReplayBuffer,
         batch_size: int,
         total_frames: int,
-        temperature_scheduler: TemperatureScheduler | None = None,
+        temperature_scheduler: TemperatureScheduler | TemperatureController | None = None,
         target_net_updater: SoftUpdate | None = None,
         tau: float = 0.005,
         optim_steps_per_batch: int | None = None,

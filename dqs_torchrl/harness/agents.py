@@ -16,7 +16,7 @@ from torchrl.objectives import LossModule, SACLoss, SoftUpdate
 from dqs_torchrl.actor import DiffusionActor
 from dqs_torchrl.networks import ScoreNetwork, make_q_network
 from dqs_torchrl.objectives import DoubleQLoss, IDEMScoreLoss, QSMLoss
-from dqs_torchrl.temperature import TemperatureScheduler
+from dqs_torchrl.temperature import TemperatureController, TemperatureScheduler
 
 __all__ = ["Agent", "NonFiniteLossError", "make_agent", "make_sac"]
 
@@ -31,6 +31,9 @@ class Agent:
     ``policy`` acts in the environment; :meth:`update` does one gradient step on a replay
     batch (every loss in ``losses`` with its own optimiser, then every target updater) and
     returns scalar metrics; :meth:`state_dict` holds everything a checkpoint needs.
+    ``scheduler`` sets the temperature: a :class:`TemperatureScheduler` counts frames
+    (:meth:`step_frames`), a :class:`TemperatureController` steps after each update on its
+    replay batch and adds its entropy estimate to the metrics as ``policy_entropy``.
     """
 
     def __init__(
@@ -40,7 +43,7 @@ class Agent:
         optimizers: dict[str, torch.optim.Optimizer],
         updaters: list[SoftUpdate],
         clip_norm: float | None,
-        scheduler: TemperatureScheduler | None = None,
+        scheduler: TemperatureScheduler | TemperatureController | None = None,
         postproc: Any = None,
     ) -> None:
         self.policy = policy
@@ -83,10 +86,14 @@ class Agent:
         for updater in self.updaters:
             updater.step()
         self.num_updates += 1
+        if isinstance(self.scheduler, TemperatureController):
+            self.scheduler.step(batch)
+            if self.scheduler.entropy is not None:
+                metrics["policy_entropy"] = self.scheduler.entropy
         return metrics
 
     def step_frames(self, frames: int) -> None:
-        if self.scheduler is not None:
+        if isinstance(self.scheduler, TemperatureScheduler):
             self.scheduler.step(frames)
 
     def modules(self) -> dict[str, nn.Module]:
@@ -160,13 +167,28 @@ def _diffusion_agent(cfg: DictConfig, env: EnvBase, qsm: bool, device: torch.dev
     qloss.to(device)
     aloss.to(device)
     t = a.temperature
-    scheduler = TemperatureScheduler(
-        targets,
-        schedule=t.schedule,
-        initial=t.initial,
-        final=t.final,
-        total_frames=cfg.collector.total_frames,
-    )
+    if t.schedule == "auto":  # T adapted to a target entropy, stepped by Agent.update
+        scheduler = TemperatureController(
+            targets,
+            actor,
+            target_entropy=t.target_entropy,
+            initial=t.initial,
+            lr=t.lr,
+            min_temperature=t.min,
+            max_temperature=t.max,
+            num_states=t.num_states,
+            num_samples=t.num_samples,
+            interval=t.interval,
+            warmup_steps=t.warmup_updates,
+        )
+    else:
+        scheduler = TemperatureScheduler(
+            targets,
+            schedule=t.schedule,
+            initial=t.initial,
+            final=t.final,
+            total_frames=cfg.collector.total_frames,
+        )
     updaters = [SoftUpdate(qloss, tau=o.tau)]
     if a.ema:
         updaters.append(SoftUpdate(aloss, tau=a.ema_tau))

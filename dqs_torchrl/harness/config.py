@@ -195,8 +195,17 @@ def _compile_mode(field: str, value: Any, fields: dict[str, Any]) -> None:
         )
 
 
+def _target_entropy(field: str, value: Any, fields: dict[str, Any]) -> None:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if value != "auto" and not (number and math.isfinite(value)):
+        raise ConfigError(
+            f"{field} must be auto (-|A| nats of the box-normalised action, SAC's target) or "
+            f"a finite number of nats below |A| log 2; got {value!r}."
+        )
+
+
 def _final_temperature(field: str, value: Any, fields: dict[str, Any]) -> None:
-    constant = fields["algo.temperature.schedule"] == "constant"
+    constant = fields["algo.temperature.schedule"] in ("constant", "auto")  # final unused
     _num(0.0, optional=constant)(field, value, fields)
 
 
@@ -258,9 +267,18 @@ DIFFUSION_FIELDS: dict[str, Check] = {
     "algo.ema": _bool,
     "algo.ema_tau": _num(0.0, 1.0),
     "algo.qsm_scale": _num(0.0),
-    "algo.temperature.schedule": _choice(*SCHEDULES),
+    "algo.temperature.schedule": _choice(*SCHEDULES, "auto"),
     "algo.temperature.initial": _num(0.0),
     "algo.temperature.final": _final_temperature,
+    # the TemperatureController's settings, used by schedule=auto
+    "algo.temperature.target_entropy": _target_entropy,
+    "algo.temperature.lr": _num(0.0),
+    "algo.temperature.min": _num(0.0),
+    "algo.temperature.max": _num("algo.temperature.min"),
+    "algo.temperature.num_states": _int(1),
+    "algo.temperature.num_samples": _int(2),
+    "algo.temperature.interval": _int(1),
+    "algo.temperature.warmup_updates": _int(0),
 }
 _NOT_REQUIRED = ("paper_tasks",)  # a list for sweeps (recipes/tasks.py); runs never read it
 
@@ -301,6 +319,19 @@ def validate_config(cfg: DictConfig) -> None:
             check(field, fields[field], fields)
         elif field not in _NOT_REQUIRED:
             raise ConfigError(f"config field {field!r} is missing.")
+    if fields.get("algo.name") in ("dqs", "qsm") and fields["algo.temperature.schedule"] == "auto":
+        if fields["algo.name"] != "dqs":
+            raise ConfigError(
+                "algo.temperature.schedule=auto needs algo.name=dqs (QSM's score target has no "
+                f"temperature to adapt); got algo.name={fields['algo.name']!r}."
+            )
+        low, high = fields["algo.temperature.min"], fields["algo.temperature.max"]
+        if not low <= fields["algo.temperature.initial"] <= high:
+            raise ConfigError(
+                "algo.temperature.initial must lie in [algo.temperature.min, "
+                f"algo.temperature.max] = [{low}, {high}] with algo.temperature.schedule=auto; "
+                f"got {fields['algo.temperature.initial']!r}."
+            )
     if cfg.resume and cfg.overwrite:
         raise ConfigError(
             "resume=true and overwrite=true contradict each other: resume continues the run in "
