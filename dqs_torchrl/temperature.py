@@ -111,6 +111,10 @@ class TemperatureScheduler(TrainerHookBase):
 
     def step(self, frames: int = 1) -> None:
         """Advance by ``frames`` environment frames and push the new T into the targets."""
+        if isinstance(frames, bool) or int(frames) != frames or frames < 0:
+            raise ValueError(
+                f"frames must be an integer >= 0 (frames only move forward), got {frames!r}."
+            )
         self.frames += int(frames)
         self._push()
 

@@ -287,3 +287,11 @@ def test_wrong_observation_or_action_size_names_module_expected_and_got():
 def test_action_spec_that_does_not_fit_the_score_network():
     with pytest.raises(ValueError, match="3 dimensions but the score network .*action_dim=2"):
         DiffusionActor(ScoreNetwork(OBS_DIM, ACT_DIM, 8, 8), Bounded(-1.0, 1.0, shape=(3,)))
+
+
+@pytest.mark.parametrize("frames", [-500, 2.5, True])
+def test_scheduler_steps_forward_by_whole_frames_only(frames):
+    scheduler = TemperatureScheduler([_actor()], initial=1.0)
+    with pytest.raises(ValueError, match="frames must be an integer >= 0"):
+        scheduler.step(frames)
+    assert scheduler.frames == 0
