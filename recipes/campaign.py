@@ -230,8 +230,29 @@ def run_all(root: Path, runs: list[Run], jobs: int, poll_s: float = 5.0) -> int:
     return failed
 
 
+def train_summary(run_dir: Path, window: int = 10_000) -> list[dict[str, float]]:
+    """The run's scalar train logs (TorchRL CSV logger: ``logs/*/scalars/train/<name>.csv``,
+    rows ``frames,value``) averaged over windows of ``window`` frames: one row per window,
+    ``frames`` its end, one column per logged quantity (action saturation, Q, ESS, losses)."""
+    sums: dict[int, dict[str, list[float]]] = {}
+    for path in sorted(run_dir.glob("logs/*/scalars/train/*.csv")):
+        with open(path, newline="") as f:
+            for row in csv.reader(f):
+                try:
+                    frames, value = int(float(row[0])), float(row[1])
+                except (ValueError, IndexError):
+                    continue  # a row cut short by a kill
+                end = ((frames - 1) // window + 1) * window
+                sums.setdefault(end, {}).setdefault(path.stem, []).append(value)
+    return [
+        {"frames": end} | {k: sum(v) / len(v) for k, v in sorted(cols.items())}
+        for end, cols in sorted(sums.items())
+    ]
+
+
 def collect(root: Path, runs: list[Run], data: Path) -> int:
-    """Copy ``eval.csv`` of every run that has evaluated to ``data/<task>/<name>/seed<k>/``."""
+    """Copy ``eval.csv`` of every run that has evaluated to ``data/<task>/<name>/seed<k>/``,
+    with ``train.csv``: its train logs averaged per 10k frames (:func:`train_summary`)."""
     copied = 0
     for r in runs:
         src = r.path(root) / "eval.csv"
@@ -240,6 +261,16 @@ def collect(root: Path, runs: list[Run], data: Path) -> int:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
             copied += 1
+            summary = train_summary(r.path(root))
+            if summary:
+                keys = sorted({k for row in summary for k in row} - {"frames"})
+                with open(dst.parent / "train.csv", "w", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=["frames", *keys])
+                    writer.writeheader()
+                    writer.writerows(
+                        {k: (f"{v:.6g}" if k != "frames" else v) for k, v in row.items()}
+                        for row in summary
+                    )
             if r.recipe == "maze" and (r.path(root) / "trajectories.png").exists():
                 shutil.copyfile(r.path(root) / "trajectories.png", dst.parent / "trajectories.png")
     return copied
@@ -287,6 +318,34 @@ def claim_table(
     return "\n".join(lines) + "\n"
 
 
+def plot_train_metric(data: Path, task: str, metric: str, path: Path) -> bool:
+    """One line per method and seed of a ``train.csv`` column against frames; False if none."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    drawn = False
+    for train_csv in sorted((data / task).glob("*/seed*/train.csv")):
+        with open(train_csv, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get(metric)]
+        if rows:
+            label = f"{train_csv.parts[-3]} {train_csv.parts[-2]}"
+            ax.plot(
+                [float(r["frames"]) for r in rows],
+                [float(r[metric]) for r in rows],
+                marker="o",
+                label=label,
+            )
+            drawn = True
+    if drawn:
+        ax.set(title=f"{task}: {metric} (training actions)", xlabel="environment frames")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return drawn
+
+
 def report(
     data: Path, out: Path, fraction: float, reps: int, at: tuple[int, ...] = (50_000, 100_000)
 ) -> None:
@@ -300,6 +359,8 @@ def report(
     out.mkdir(parents=True, exist_ok=True)
     for task, methods in found.items():
         plot.plot_task(task, methods, out / f"{task}.png")
+    for task in found:
+        plot_train_metric(data, task, "action_saturated", out / f"{task}_saturation.png")
     dmc = {t: m for t, m in found.items() if t != "two-goal-maze"}
     table = claim_table(dmc, at=at, fraction=fraction)
     (out / "claims.md").write_text(table)

@@ -1,5 +1,6 @@
 """recipes/campaign.py: a list of runs driven to completion, skipped when done, and reported."""
 
+import csv
 import importlib.util
 import os
 import subprocess
@@ -130,6 +131,13 @@ groups:
     assert "copied 1" in _run(["collect", "--spec", str(spec_file), "--data", str(data)]).stdout
     copied = data / "cartpole-balance" / "sac" / "seed0" / "eval.csv"
     assert copied.read_text() == eval_csv.read_text()
+    # train.csv: the train logs averaged per 10k frames (one window in a 300-frame run)
+    raw = (next(run_dir.glob("logs/*/scalars/train/action_abs_mean.csv"))).read_text().split()
+    values = [float(line.split(",")[1]) for line in raw]
+    with open(copied.parent / "train.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["frames"] == "10000"
+    assert float(row["action_abs_mean"]) == pytest.approx(sum(values) / len(values), rel=1e-5)
     report = _run(["report", "--data", str(data), "--at", "150,300"])
     assert report.returncode == 0, report.stderr
     assert (data / "cartpole-balance.png").stat().st_size > 1000
