@@ -15,6 +15,16 @@ def check_positive_int(value: object, name: str) -> int:
     return value
 
 
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_reduction(reduction: str, module: str) -> str:
+    """``reduction`` unless it is not one of TorchRL's ``"mean"``, ``"sum"``, ``"none"``."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{module}: reduction must be one of {REDUCTIONS}, got {reduction!r}.")
+    return reduction
+
+
 def check_temperature(temperature: float | Tensor, name: str = "temperature") -> float:
     """Return ``temperature`` as a float, raising ``ValueError`` unless it is finite and > 0."""
     value = float(temperature)

@@ -20,7 +20,7 @@ from dqs_torchrl._checks import (
     require_keys,
 )
 from dqs_torchrl.energy import squash, unsquash
-from dqs_torchrl.networks import ScoreNetwork, score_head
+from dqs_torchrl.networks import ScoreModel, ScoreNetwork, SplitScoreModel, score_head
 from dqs_torchrl.samplers import (
     SAMPLERS,
     STEP_SAMPLERS,
@@ -122,7 +122,13 @@ class DiffusionActor(TensorDictModuleBase):
     sample the Boltzmann density of a critic or of any energy, with no data of good actions.
 
     Args:
-        score_network: a :class:`~dqs_torchrl.ScoreNetwork` (or a module with its interface).
+        score_network: any :class:`~dqs_torchrl.ScoreModel`: an ``nn.Module`` with
+            ``forward(observation, x, tau, temperature) -> score``, such as
+            :class:`~dqs_torchrl.ScoreNetwork`. If it also has the methods of
+            :class:`~dqs_torchrl.SplitScoreModel` (``condition``, ``time_features``,
+            ``bind_head``), the actor computes the ``(s, T)`` and ``tau`` features once per call
+            and each step runs only the head; otherwise each step calls the module
+            (:attr:`split_features` says which).
         action_spec: a continuous ``Bounded`` spec (or a ``Composite`` holding one).
 
     Keyword Args:
@@ -159,7 +165,7 @@ class DiffusionActor(TensorDictModuleBase):
 
     def __init__(
         self,
-        score_network: ScoreNetwork,
+        score_network: ScoreModel,
         action_spec: TensorSpec,
         *,
         sigma_min: float = 1e-5,
@@ -198,6 +204,8 @@ class DiffusionActor(TensorDictModuleBase):
             denoise,
         )
         self.score_network = score_network
+        # Detected once: the EMA copy has the same class, and the check is not free per call.
+        self.split_features = isinstance(score_network, SplitScoreModel)
         self.compile_sampler = compile_sampler
         if compile_sampler:
             if sampler not in STEP_SAMPLERS:
@@ -300,15 +308,12 @@ class DiffusionActor(TensorDictModuleBase):
         generator: torch.Generator | None,
     ) -> Tensor:
         net = self.score_network if self.ema_network is None else self.ema_network
-        # (s, T) and tau features are computed once per call; each step only pays for x.
-        condition = net.condition(obs, temp)
-        time_rows = net.time_features(self._taus)
         if self.compile_sampler:
             z = None if deterministic else draw_step_noise(len(self._steps), x, generator)
             loop = _compiled_loop(self.compile_sampler)
             return loop(
-                condition,
-                time_rows,
+                net.condition(obs, temp),
+                net.time_features(self._taus),
                 x,
                 z,
                 net.head_weights(),
@@ -316,12 +321,7 @@ class DiffusionActor(TensorDictModuleBase):
                 self._stds,
                 self._denoise_factor,
             )
-        features = dict(zip(self._sigma_list, time_rows.unbind(0), strict=True))
-        head = net.bind_head()
-
-        def score_fn(x: Tensor, sigma: float) -> Tensor:
-            return head(condition + features[sigma], x)
-
+        score_fn = self._grid_score_fn(net, obs, temp)
         noise = not deterministic
         if self._steps is not None:
             x = run_steps(score_fn, x, self._steps, noise=noise, generator=generator)
@@ -330,6 +330,29 @@ class DiffusionActor(TensorDictModuleBase):
         if self.denoise:
             x = tweedie_denoise(score_fn, x, self._sigma_list[-1])
         return x
+
+    def _grid_score_fn(
+        self, net: ScoreModel, obs: Tensor, temp: Tensor
+    ) -> Callable[[Tensor, float], Tensor]:
+        """``score_fn(x, sigma)`` for the sigmas of the grid, at the grid's own taus."""
+        if self.split_features:
+            # (s, T) and tau features are computed once per call; each step only pays for x.
+            condition = net.condition(obs, temp)
+            time_rows = net.time_features(self._taus).unbind(0)
+            features = dict(zip(self._sigma_list, time_rows, strict=True))
+            head = net.bind_head()
+
+            def split_score_fn(x: Tensor, sigma: float) -> Tensor:
+                return head(condition + features[sigma], x)
+
+            return split_score_fn
+        taus = dict(zip(self._sigma_list, self._taus.unbind(0), strict=True))
+        n = obs.shape[0]
+
+        def score_fn(x: Tensor, sigma: float) -> Tensor:
+            return net(obs, x, taus[sigma].expand(n, 1), temp)
+
+        return score_fn
 
     def score_fn(
         self,

@@ -14,12 +14,18 @@ from torchrl.objectives import LossModule
 from torchrl.objectives.utils import (
     ValueEstimators,
     _vmap_func,
-    default_value_kwargs,
+    dispatch_value_estimator,
     distance_loss,
 )
-from torchrl.objectives.value import TD0Estimator
+from torchrl.objectives.value import TD0Estimator, ValueEstimatorBase
 
-from dqs_torchrl._checks import as_bool_flag, check_last_dim, check_temperature, require_keys
+from dqs_torchrl._checks import (
+    as_bool_flag,
+    check_last_dim,
+    check_reduction,
+    check_temperature,
+    require_keys,
+)
 from dqs_torchrl.actor import DiffusionActor
 
 __all__ = ["DoubleQLoss", "check_critic_keys"]
@@ -41,20 +47,38 @@ def check_critic_keys(
 
 
 class DoubleQLoss(LossModule):
-    """TD(0) critic loss of DQS: two Q-networks, Polyak targets, next actions from the actor.
+    """Critic loss of DQS: two Q-networks, Polyak targets, next actions from the actor.
+
+    With the default TD(0) estimator,
 
     .. math::
 
-        y = r + \\gamma (1 - \\mathrm{terminated}) \\min_j \\bar Q_j(s', a'), \\quad
+        y = r + \\gamma (1 - \\mathrm{terminated}) V(s'), \\quad
+        V(s') = \\min_j \\bar Q_j(s', a'), \\quad
         a' \\sim \\pi_\\phi(\\cdot|s') \\text{ at the loss's temperature}, \\qquad
         \\mathcal L = \\sum_j \\mathbb E (Q_j(s, a) - y)^2.
 
     There is no entropy bonus: DQS's Q is the plain Q of its Boltzmann policy. The two
     Q-networks are functional copies of ``qvalue_network`` (re-drawn by TorchRL's
     ``convert_to_functional``: the module passed in is a template, not the trained critic);
-    their Polyak targets are found by ``SoftUpdate(loss, tau=0.005)``. The discount is set with
-    ``make_value_estimator(gamma=...)``. Bootstrapping uses ``("next", "terminated")``, so time
-    limits (``truncated``) bootstrap as they should.
+    their Polyak targets are found by ``SoftUpdate(loss, tau=0.005)``. Bootstrapping uses
+    ``("next", "terminated")``, so time limits (``truncated``) bootstrap as they should.
+
+    The target comes from :meth:`make_value_estimator` (discount ``gamma=...``): TD(0), TD(1)
+    or TD(lambda), given as TorchRL's ``ValueEstimators`` value, an estimator class or an
+    instance. Each is fed the next-state values ``V(s')`` above; TD(1) and TD(lambda) then
+    mix them along the time dimension (the last batch dimension, or the one named
+    ``"time"``): ``y_t = r_t + gamma (1 - terminated_t) ((1 - lambda) V(s_{t+1}) + lambda
+    y_{t+1})``, cut at ``("next", "done")`` and bootstrapped at the last step. Those need
+    batches of trajectories (``[batch, time]``, or the flat slices of TorchRL's
+    ``SliceSampler``, which marks slice ends ``done``), not independently drawn
+    transitions.
+
+    Each call also writes the per-sample TD error ``max_j |Q_j(s, a) - y|`` into the input
+    tensordict under ``tensor_keys.priority`` (``"td_error"``), so that
+    ``TensorDictPrioritizedReplayBuffer.update_tensordict_priority(batch)`` updates the
+    priorities; the batch's ``priority_weight`` (importance weights of such a buffer), when
+    present, weights the per-sample losses, as in TorchRL's losses.
 
     :class:`~dqs_torchrl.IDEMScoreLoss` accepts this loss as its critic and then always reads
     the current parameters (:meth:`min_q`).
@@ -68,6 +92,9 @@ class DoubleQLoss(LossModule):
         num_qvalue_nets: number of Q-networks (2: double Q-learning).
         temperature: temperature of the next-action sampler; set by the scheduler.
         loss_function: ``"l2"``, ``"l1"`` or ``"smooth_l1"``.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (``loss_qvalue`` per sample,
+            in the batch's shape), as in TorchRL's losses. The diagnostics ``q_mean``,
+            ``q_target_mean`` and ``td_error`` (the mean absolute TD error) stay scalars.
 
     Examples:
         >>> import torch
@@ -87,6 +114,16 @@ class DoubleQLoss(LossModule):
         >>> out = loss(batch)
         >>> out["loss_qvalue"].backward()
         >>> updater.step()
+        >>> batch["td_error"].shape  # the per-sample priority, written into the batch
+        torch.Size([8])
+
+        TD(lambda), on a batch shaped ``[trajectories, time]``:
+
+        >>> from torchrl.objectives import ValueEstimators
+        >>> _ = loss.make_value_estimator(ValueEstimators.TDLambda, gamma=0.99, lmbda=0.9)
+        >>> trajectories = batch.reshape(2, 4)
+        >>> loss(trajectories)["loss_qvalue"].shape, trajectories["td_error"].shape
+        (torch.Size([]), torch.Size([2, 4]))
     """
 
     @dataclass
@@ -100,6 +137,8 @@ class DoubleQLoss(LossModule):
         reward: NestedKey = "reward"
         done: NestedKey = "done"
         terminated: NestedKey = "terminated"
+        priority: NestedKey = "td_error"
+        priority_weight: NestedKey = "priority_weight"
 
     tensor_keys: _AcceptedKeys
     qvalue_network: TensorDictModule
@@ -107,6 +146,11 @@ class DoubleQLoss(LossModule):
     target_qvalue_network_params: TensorDictParams
     default_keys = _AcceptedKeys
     default_value_estimator = ValueEstimators.TD0
+    SUPPORTED_VALUE_ESTIMATORS = (
+        ValueEstimators.TD0,
+        ValueEstimators.TD1,
+        ValueEstimators.TDLambda,
+    )
     _schedulable_buffers = frozenset({"temperature"})
 
     def __init__(
@@ -117,6 +161,7 @@ class DoubleQLoss(LossModule):
         num_qvalue_nets: int = 2,
         temperature: float = 1.0,
         loss_function: str = "l2",
+        reduction: str = "mean",
     ) -> None:
         super().__init__()
         check_critic_keys(
@@ -134,6 +179,7 @@ class DoubleQLoss(LossModule):
         self.__dict__["actor_network"] = actor_network
         self.num_qvalue_nets = num_qvalue_nets
         self.loss_function = loss_function
+        self.reduction = check_reduction(reduction, type(self).__name__)
         self.register_coeff_buffer("temperature", check_temperature(temperature))
         self._vmap_qnetwork = _vmap_func(self.qvalue_network, (None, 0), randomness="error")
 
@@ -154,25 +200,36 @@ class DoubleQLoss(LossModule):
         return ["loss_qvalue", "q_mean", "q_target_mean", "td_error"]
 
     def make_value_estimator(
-        self, value_type: ValueEstimators | None = None, **hyperparams
+        self,
+        value_type: ValueEstimators | type[ValueEstimatorBase] | ValueEstimatorBase | None = None,
+        **hyperparams,
     ) -> DoubleQLoss:
-        """Build the TD(0) estimator; ``gamma`` is the discount (e.g. ``gamma=0.99``)."""
-        value_type = value_type or self.default_value_estimator
-        if value_type != ValueEstimators.TD0:
-            raise NotImplementedError(f"DoubleQLoss supports TD(0) only, got {value_type}.")
-        self.value_type = value_type
-        self._value_estimator = TD0Estimator(
-            **{**default_value_kwargs(value_type), **hyperparams}, value_network=None
-        )
-        k = self.tensor_keys
-        self._value_estimator.set_keys(
-            value=k.value, reward=k.reward, done=k.done, terminated=k.terminated
+        """Build the estimator of the critic's target, as :class:`~torchrl.objectives.LossModule`.
+
+        ``value_type`` is a ``ValueEstimators`` value (``TD0``, the default, ``TD1`` or
+        ``TDLambda``), an estimator class (built with ``hyperparams``) or an estimator instance
+        (used as it is). ``hyperparams`` are the estimator's: ``gamma`` (the discount),
+        ``lmbda`` for TD(lambda). The estimator reads no value network: the loss hands it the
+        next-state values of the actor's next actions under the target Q-networks.
+        """
+        if isinstance(value_type, ValueEstimatorBase):
+            return super().make_value_estimator(value_type)
+        if isinstance(value_type, type) and issubclass(value_type, ValueEstimatorBase):
+            super().make_value_estimator(value_type, **{"value_network": None, **hyperparams})
+            self.value_estimator.set_keys(**self._estimator_keys())
+            return self
+        dispatch_value_estimator(
+            self,
+            value_type or self.default_value_estimator,
+            supported=self.SUPPORTED_VALUE_ESTIMATORS,
+            tensor_keys=self._estimator_keys(),
+            **{"value_network": None, **hyperparams},
         )
         return self
 
-    def _forward_value_estimator_keys(self, **kwargs) -> None:
-        if self._value_estimator is not None:
-            self.make_value_estimator(self.value_type, gamma=self._value_estimator.gamma)
+    def _estimator_keys(self) -> dict[str, NestedKey]:
+        k = self.tensor_keys
+        return {"value": k.value, "reward": k.reward, "done": k.done, "terminated": k.terminated}
 
     def q_values(self, observation: Tensor, action: Tensor, *, target: bool = False) -> Tensor:
         """All Q-networks at ``(s, a)``: shape ``[num_qvalue_nets, *batch, 1]``.
@@ -194,6 +251,7 @@ class DoubleQLoss(LossModule):
         return self.q_values(observation, action).min(0).values
 
     def _target_value(self, tensordict: TensorDictBase) -> Tensor:
+        """The estimator's target ``y``, ``[*batch, 1]``, from ``V(s') = min_j Qbar_j(s', a')``."""
         k = self.tensor_keys
         with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
             next_obs = tensordict.get(("next", k.observation))
@@ -202,15 +260,15 @@ class DoubleQLoss(LossModule):
             return self.value_estimator.value_estimate(tensordict, next_value=next_value)
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        if self._value_estimator is None:
-            self.make_value_estimator()
         k = self.tensor_keys
-        # ("next", "done") is optional (TD(0) bootstraps on "terminated" alone); the others are
-        # needed, and a batch without "terminated" would silently bootstrap through terminal
+        # ("next", "done") is optional for TD(0), which bootstraps on "terminated" alone; the
+        # multi-step estimators cut trajectories at "done" and need it. The others are always
+        # needed: a batch without "terminated" would silently bootstrap through terminal
         # states, so it is refused rather than guessed.
-        require_keys(
-            tensordict, [key for key in self.in_keys if key != ("next", k.done)], "DoubleQLoss"
-        )
+        one_step = isinstance(self.value_estimator, TD0Estimator)
+        required = [key for key in self.in_keys if key != ("next", k.done) or not one_step]
+        require_keys(tensordict, required, "DoubleQLoss")
+        priority_target = tensordict  # the caller's batch receives the per-sample td_error
         tensordict = tensordict.copy()  # shallow: the flags below are replaced, not mutated
         for key in (("next", k.done), ("next", k.terminated)):
             flag = tensordict.get(key, None)
@@ -228,13 +286,18 @@ class DoubleQLoss(LossModule):
         td = tensordict.select(k.observation, k.action)
         pred = self._vmap_qnetwork(td, self.qvalue_network_params).get(k.state_action_value)
         pred = pred.squeeze(-1)
-        loss = distance_loss(pred, target.expand_as(pred), self.loss_function).sum(0).mean()
+        loss = distance_loss(pred, target.expand_as(pred), self.loss_function).sum(0)
+        weights = self._maybe_get_priority_weight(tensordict)
+        loss = self._reduce_loss(loss, tensordict, weights=weights)
+        td_error = (pred.detach() - target).abs()
+        # Per sample, the worst of the Q-networks (as SACLoss): the replay priority.
+        priority_target.set(k.priority, td_error.max(0).values)
         return TensorDict(
             {
                 "loss_qvalue": loss,
                 "q_mean": pred.detach().mean(),
                 "q_target_mean": target.mean(),
-                "td_error": (pred.detach() - target).abs().mean(),
+                "td_error": td_error.mean(),
             },
             batch_size=[],
         )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import warnings
+
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 from torchrl.objectives import LossModule
@@ -20,7 +23,8 @@ class DQSLoss(LossModule):
     optimizer equals stepping two. The target Q-networks and, with ``ema=True`` actors, the
     EMA of the score network are re-exposed here, so one ``SoftUpdate(DQSLoss(...))`` updates
     both — what ``torchrl.trainers.Trainer`` expects of ``loss_module`` and
-    ``target_net_updater``.
+    ``target_net_updater``. The per-sample ``td_error`` of the critic is written into the
+    batch as :class:`DoubleQLoss` does (for a prioritized replay buffer).
 
     Examples:
         >>> from torchrl.data import Bounded
@@ -30,8 +34,8 @@ class DQSLoss(LossModule):
         ...                        ema=True)
         >>> qvalue = DoubleQLoss(actor, make_q_network(3, 2, num_cells=(16, 16)))
         >>> loss = DQSLoss(qvalue, IDEMScoreLoss(actor, qvalue))
-        >>> updater = SoftUpdate(loss, tau=0.005)
-        >>> sorted(updater._target_names)
+        >>> updater = SoftUpdate(loss, tau=0.005)  # updates these:
+        >>> sorted(name for name, _ in loss.named_children() if name.startswith("target_"))
         ['target_qvalue_network_params', 'target_score_network_params']
     """
 
@@ -41,13 +45,19 @@ class DQSLoss(LossModule):
             raise ValueError("actor_loss must read the critic of qvalue_loss (critic=qvalue_loss).")
         self.qvalue_loss = qvalue_loss
         self.actor_loss = actor_loss
-        self.qvalue_network_params = qvalue_loss.qvalue_network_params
-        self.target_qvalue_network_params = qvalue_loss._modules["target_qvalue_network_params"]
-        self._has_update_associated["qvalue_network"] = False
-        if "target_score_network_params" in actor_loss._modules:
-            self.score_network_params = actor_loss.score_network_params
-            self.target_score_network_params = actor_loss._modules["target_score_network_params"]
-            self._has_update_associated["score_network"] = False
+        # Re-exposed (the same tensors) so that SoftUpdate(self) finds and updates them. Read
+        # through named_children(): attribute access to a part's target_*_params warns
+        # while no updater is associated with that part.
+        for part, name in ((qvalue_loss, "qvalue_network"), (actor_loss, "score_network")):
+            targets = dict(part.named_children()).get(f"target_{name}_params")
+            if targets is not None:
+                setattr(self, f"{name}_params", getattr(part, f"{name}_params"))
+                setattr(self, f"target_{name}_params", targets)
+                # The one private name left, and only our own: LossModule looks this flag up
+                # on every read of target_<name>_params (KeyError without it) and
+                # SoftUpdate(self) sets it. TorchRL fills it publicly only in
+                # convert_to_functional, which would re-draw the networks.
+                self._has_update_associated[name] = False
 
     @property
     def in_keys(self) -> list[NestedKey]:
@@ -63,11 +73,13 @@ class DQSLoss(LossModule):
         return self
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        if all(self._has_update_associated.values()):
-            # A SoftUpdate on this loss also serves its parts: silence their warnings.
-            for part in (self.qvalue_loss, self.actor_loss):
-                for key in part._has_update_associated:
-                    part._has_update_associated[key] = True
-        out = self.qvalue_loss(tensordict)
-        out.update(self.actor_loss(tensordict))
+        with warnings.catch_warnings():
+            # The parts' targets are this loss's: an updater on it (SoftUpdate(DQSLoss)) updates
+            # them, and this loss itself warns, before forward, while it has none. Each part
+            # would still warn that no updater is associated with *it*: that flag is private
+            # to the part (set only by a TargetNetUpdater built on it, which would also reset
+            # its targets), so its warning, a public constant, is filtered here instead.
+            warnings.filterwarnings("ignore", re.escape(self.TARGET_NET_WARNING), UserWarning)
+            out = self.qvalue_loss(tensordict)
+            out.update(self.actor_loss(tensordict))
         return out

@@ -11,7 +11,13 @@ from tensordict.utils import NestedKey
 from torch import Tensor
 from torchrl.objectives import LossModule
 
-from dqs_torchrl._checks import check_last_dim, check_positive_int, check_temperature, require_keys
+from dqs_torchrl._checks import (
+    check_last_dim,
+    check_positive_int,
+    check_reduction,
+    check_temperature,
+    require_keys,
+)
 from dqs_torchrl.actor import DiffusionActor
 from dqs_torchrl.energy import tanh_log_jacobian, unsquash
 from dqs_torchrl.objectives.double_q import DoubleQLoss, check_critic_keys
@@ -74,11 +80,17 @@ class IDEMScoreLoss(LossModule):
             the noise form, whose error stays below ``1 / sigma`` while the gradient form's
             grows with ``|grad Q| / T``. docs/performance.md has the measurements; with K = 1
             it is the gradient form.
+        reduction: how ``loss_actor`` is reduced over the batch: ``"mean"`` (default),
+            ``"sum"`` or ``"none"`` (one loss per sample, in the batch's shape), as in
+            TorchRL's losses. Batches from a prioritized buffer carry ``priority_weight``;
+            the per-sample losses are then weighted by it (TorchRL's importance weights).
 
     The loss writes ``loss_actor`` and the diagnostics ``score_target_norm`` (mean norm of the
     targets), ``ess`` (mean effective sample size ``1 / sum_i w_i^2`` of the K weights) and
     ``clip_fraction``. With ``actor_network`` built with ``ema=True``, the loss exposes the
     EMA as ``target_score_network_params`` so that ``SoftUpdate(loss, tau=...)`` updates it.
+    The score network's buffers (such as the embeddings' frequencies) stay buffers: the
+    loss's parameters are exactly the score network's.
 
     Examples:
         >>> import torch
@@ -104,6 +116,7 @@ class IDEMScoreLoss(LossModule):
         action: NestedKey = "action"
         action_raw: NestedKey = "action_raw"
         state_action_value: NestedKey = "state_action_value"
+        priority_weight: NestedKey = "priority_weight"
 
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
@@ -125,6 +138,7 @@ class IDEMScoreLoss(LossModule):
         small_sigma: float = 1e-2,
         estimator: str = "idem",
         energy: str = "squashed",
+        reduction: str = "mean",
     ) -> None:
         super().__init__()
         if energy not in self.ENERGIES:
@@ -159,9 +173,12 @@ class IDEMScoreLoss(LossModule):
         self.energy = energy
         self.estimator = estimator
         self.loss_weighting = loss_weighting
+        self.reduction = check_reduction(reduction, type(self).__name__)
         self.register_coeff_buffer("temperature", check_temperature(temperature))
+        # no_convert: the network's parameters are these very Parameters (an optimiser over
+        # either sees the same tensors) and its buffers stay buffers, never trainable.
         self.score_network_params = TensorDictParams(
-            TensorDict.from_module(actor_network.score_network)
+            TensorDict.from_module(actor_network.score_network), no_convert=True
         )
         if actor_network.ema_network is not None:
             self.target_score_network_params = TensorDictParams(
@@ -285,6 +302,7 @@ class IDEMScoreLoss(LossModule):
         check_last_dim(tensordict.get(k.observation), obs_dim, repr(k.observation), "IDEMScoreLoss")
         x_a = self._latent_action(tensordict)
         check_last_dim(x_a, self.actor_network.low.shape[-1], repr(action_keys[0]), "IDEMScoreLoss")
+        batch_shape = x_a.shape[:-1]
         x_a = x_a.reshape(-1, x_a.shape[-1])
         observation = tensordict.get(k.observation)
         observation = observation.reshape(x_a.shape[0], observation.shape[-1])
@@ -298,9 +316,13 @@ class IDEMScoreLoss(LossModule):
         err = (pred - target).pow(2).sum(-1, keepdim=True)
         if self.loss_weighting == "sigma2":
             err = err * (sigma.pow(2) + 1e-3)
+        weights = self._maybe_get_priority_weight(tensordict)
+        if weights is not None:
+            weights = weights.reshape(batch_shape)
+        loss = self._reduce_loss(err.reshape(batch_shape), tensordict, weights=weights)
         return TensorDict(
             {
-                "loss_actor": err.mean(),
+                "loss_actor": loss,
                 "score_target_norm": target.norm(dim=-1).mean(),
                 "ess": diag["ess"].mean(),
                 "clip_fraction": diag["clipped"].float().mean(),

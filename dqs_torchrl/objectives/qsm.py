@@ -29,6 +29,7 @@ class QSMLoss(IDEMScoreLoss):
         scale: ``M``, the gradient scale (QSM's ``alpha``).
         max_score_norm: as in :class:`IDEMScoreLoss`.
         loss_weighting: as in :class:`IDEMScoreLoss`.
+        reduction: as in :class:`IDEMScoreLoss`.
 
     Examples:
         >>> from torchrl.data import Bounded
@@ -52,6 +53,7 @@ class QSMLoss(IDEMScoreLoss):
         scale: float = 1.0,
         max_score_norm: float | None = None,
         loss_weighting: str = "sigma2",
+        reduction: str = "mean",
     ) -> None:
         if not scale > 0:
             raise ValueError(f"scale must be > 0, got {scale!r}.")
@@ -62,6 +64,7 @@ class QSMLoss(IDEMScoreLoss):
             max_score_norm=max_score_norm,
             tanh_correction=False,
             loss_weighting=loss_weighting,
+            reduction=reduction,
         )
         self.scale = float(scale)
 
