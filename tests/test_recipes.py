@@ -64,6 +64,8 @@ def test_dmc_recipe_smoke(tmp_path, algo):
 
         cfg = OmegaConf.load(tmp_path / "config.yaml").algo
         assert (cfg.estimator, cfg.sampler, cfg.num_mc_samples_small) == ("blend", "ancestral", 2)
+        # the DMC recipes read the paper's eq. (9) literally (docs/results.md, phase 0)
+        assert cfg.energy == "unbounded"
 
 
 def test_fidelity_paper_switch_restores_table_1(tmp_path):
@@ -88,6 +90,10 @@ def test_fidelity_paper_switch_restores_table_1(tmp_path):
 def test_maze_recipe_smoke(tmp_path, algo):
     proc = run_recipe("dqs_maze.py", tmp_path, f"algo={algo}")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    if algo == "dqs":  # the maze keeps the box-form energy until it is measured there
+        from omegaconf import OmegaConf
+
+        assert OmegaConf.load(tmp_path / "config.yaml").algo.energy == "squashed"
     rows = eval_rows(tmp_path)
     assert [int(r["frames"]) for r in rows] == [150, 300]
     outcome_keys = [k for k in rows[0] if k.startswith("episodes_")]
