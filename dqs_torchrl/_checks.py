@@ -50,9 +50,11 @@ class MissingKeyError(KeyError):
 def require_keys(tensordict: object, keys: list, module: str, remap: str = "") -> None:
     """Raise :class:`MissingKeyError` naming the missing ``keys``, the ``module`` reading them
     and how to remap them (default: ``<module>.set_keys(...)``)."""
-    present = set(tensordict.keys(include_nested=True, leaves_only=True))  # type: ignore[attr-defined]
-    missing = [k for k in keys if (k if isinstance(k, str) else tuple(k)) not in present]
+    # One lookup per key (the actor calls this at every environment step); the keys present
+    # are listed only for the error message.
+    missing = [k for k in keys if tensordict.get(k, None) is None]  # type: ignore[attr-defined]
     if missing:
+        present = tensordict.keys(include_nested=True, leaves_only=True)  # type: ignore[attr-defined]
         raise MissingKeyError(
             f"{module} reads {', '.join(repr(k) for k in missing)}, missing from the tensordict "
             f"(it holds {', '.join(sorted(map(repr, present)))}); if your data names it "

@@ -294,9 +294,9 @@ class IDEMScoreLoss(LossModule):
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         k = self.tensor_keys
-        action_keys = [k.action_raw] if k.action_raw in tensordict.keys(True) else [k.action]
-        if self.energy == "unbounded":
-            action_keys = [k.action]
+        unbounded = self.energy == "unbounded"
+        has_raw = not unbounded and tensordict.get(k.action_raw, None) is not None
+        action_keys = [k.action_raw] if has_raw else [k.action]
         require_keys(tensordict, [k.observation, *action_keys], "IDEMScoreLoss")
         obs_dim = getattr(self.actor_network.score_network, "observation_dim", None)
         check_last_dim(tensordict.get(k.observation), obs_dim, repr(k.observation), "IDEMScoreLoss")
