@@ -25,12 +25,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dqs_torchrl.experiments.configs import CONFIG_DIR
+
 ROOT = Path(__file__).resolve().parent.parent
 PERFORMANCE_MD = ROOT / "docs" / "performance.md"
 
 # ---------------------------------------------------------------------------------------------
 # Problem sizes (dm_control cheetah-run) and the hyper-parameters of the harness
-# (recipes/config/dqs_dmc.yaml, recipes/config/algo/dqs.yaml).
+# (dqs_dmc.yaml and algo/dqs.yaml in dqs_torchrl/experiments/configs/).
 # ---------------------------------------------------------------------------------------------
 
 OBS_DIM = 17
@@ -50,12 +52,13 @@ SIGMA_MIN, SIGMA_MAX = 1e-5, 1.0
 # (num_steps, sampler, spacing, sigma_end, denoise, ema) and the IDEMScoreLoss ones
 # (num_mc_samples, num_mc_samples_small, small_sigma, estimator); use actor_kwargs /
 # score_kwargs.
-FIDELITY_DIR = ROOT / "recipes" / "config" / "fidelity"
+FIDELITY_DIR = CONFIG_DIR / "fidelity"
 
 
 def _fidelity(name: str, description: str, **changes: Any) -> dict[str, Any]:
-    """A recipe fidelity preset (``recipes/config/fidelity/<name>.yaml``), so the benchmarks
-    measure exactly what ``fidelity=<name>`` runs; ``changes`` derive a variant."""
+    """A recipe fidelity preset (``fidelity/<name>.yaml`` of the recipes' configs,
+    ``dqs_torchrl/experiments/configs/``), so the benchmarks measure exactly what
+    ``fidelity=<name>`` runs; ``changes`` derive a variant."""
     from omegaconf import OmegaConf
 
     config = dict(OmegaConf.to_container(OmegaConf.load(FIDELITY_DIR / f"{name}.yaml")))
@@ -120,7 +123,8 @@ def config_summary(config: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Agents: the DQS and SAC updates of the harness (dqs_torchrl.harness.agents), without an env.
+# Agents: the DQS and SAC updates of the harness (dqs_torchrl.experiments.harness.agents),
+# without an env.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -156,7 +160,7 @@ def make_dqs_agent(config: dict[str, Any], device: str | torch.device = "cpu"):
     from torchrl.objectives import SoftUpdate
 
     from dqs_torchrl import DoubleQLoss, IDEMScoreLoss, make_q_network
-    from dqs_torchrl.harness.agents import Agent
+    from dqs_torchrl.experiments.harness.agents import Agent
 
     actor = make_diffusion_actor(config, device)
     qloss = DoubleQLoss(
@@ -189,7 +193,7 @@ def make_sac_agent(device: str | torch.device = "cpu"):
     built as ``harness.agents._sac_agent`` builds it."""
     from torchrl.objectives import SoftUpdate
 
-    from dqs_torchrl.harness.agents import Agent, make_sac
+    from dqs_torchrl.experiments.harness.agents import Agent, make_sac
 
     actor, loss = make_sac(fake_env(device), NUM_CELLS, GAMMA)
     actor.to(device)

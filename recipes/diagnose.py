@@ -34,9 +34,9 @@ from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from dqs_torchrl import DiffusionActor
-from dqs_torchrl.harness.agents import make_agent
-from dqs_torchrl.harness.checkpoint import latest_checkpoint, load_checkpoint
-from dqs_torchrl.harness.loop import make_env
+from dqs_torchrl.experiments.harness.agents import make_agent
+from dqs_torchrl.experiments.harness.checkpoint import latest_checkpoint, load_checkpoint
+from dqs_torchrl.experiments.harness.loop import make_env
 
 
 def _policy_actions(agent, obs: torch.Tensor, actor: DiffusionActor | None) -> torch.Tensor:
@@ -117,7 +117,7 @@ def diagnose(
             }
         )
     if eval_episodes:
-        from dqs_torchrl.harness.loop import evaluate
+        from dqs_torchrl.experiments.harness.loop import evaluate
 
         eval_env = make_env(cfg, cfg.seed + 20_000)  # states neither run nor its eval saw
         for row in rows:

@@ -4,28 +4,13 @@
     python recipes/dqs_dmc.py env.task=walker-run seed=1 algo=sac
     python recipes/dqs_dmc.py resume=true                       # continue an interrupted run
 
-Logs, ``eval.csv``, ``learning_curve.png`` and checkpoints go to
-``runs/<task>/<algo>/seed<seed>/``. The loop itself lives in
-``dqs_torchrl/harness/loop.py`` and is shared with the maze recipe.
+The same ``main`` as the ``dqs-dmc`` command of an installed package: the recipe is
+``dqs_torchrl/experiments/dqs_dmc.py``, its config ``dqs_torchrl/experiments/configs/``, its
+loop ``dqs_torchrl/experiments/harness/loop.py``. Logs, ``eval.csv``, ``learning_curve.png``
+and checkpoints go to ``runs/<task>/<algo>/seed<seed>/``.
 """
 
-import os
-
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
-
-os.environ.setdefault("MUJOCO_GL", "disable")
-
-
-@hydra.main(version_base="1.3", config_path="config", config_name="dqs_dmc")
-def main(cfg: DictConfig) -> dict:
-    from dqs_torchrl.harness import train
-
-    summary = train(cfg, HydraConfig.get().runtime.output_dir)
-    print(f"done: {summary}")
-    return summary
-
+from dqs_torchrl.experiments.dqs_dmc import main
 
 if __name__ == "__main__":
     main()

@@ -3,10 +3,10 @@
 python recipes/dqs_dmc.py -m "env.task=$(python recipes/tasks.py)" seed=0,1,2
 """
 
-from pathlib import Path
-
 from omegaconf import OmegaConf
 
+from dqs_torchrl.experiments.configs import CONFIG_DIR
+
 if __name__ == "__main__":
-    cfg = OmegaConf.load(Path(__file__).parent / "config" / "dqs_dmc.yaml")
+    cfg = OmegaConf.load(CONFIG_DIR / "dqs_dmc.yaml")
     print(",".join(cfg.paper_tasks))

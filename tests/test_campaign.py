@@ -1,7 +1,7 @@
-"""recipes/campaign.py: a list of runs driven to completion, skipped when done, and reported."""
+"""dqs-campaign (recipes/campaign.py): a list of runs driven to completion, skipped when done,
+and reported."""
 
 import csv
-import importlib.util
 import os
 import subprocess
 import sys
@@ -9,11 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from dqs_torchrl.experiments import campaign
+
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("campaign", ROOT / "recipes" / "campaign.py")
-campaign = importlib.util.module_from_spec(spec)
-sys.modules["campaign"] = campaign  # its dataclass looks its module up while being defined
-spec.loader.exec_module(campaign)
 
 
 def _write(path: Path, text: str) -> Path:
@@ -51,9 +49,24 @@ groups:
     maze = runs[-1]
     assert (maze.recipe, maze.task, maze.total_frames) == ("maze", "two-goal-maze", 500)
     cmd = variant.command(root)
+    # the recipe's module, with the campaign's interpreter: works from any directory
+    assert cmd[:4] == [
+        sys.executable,
+        "-m",
+        "dqs_torchrl.experiments.dqs_dmc",
+        "env.task=cheetah-run",
+    ]
+    assert maze.command(root)[1:3] == ["-m", "dqs_torchrl.experiments.dqs_maze"]
     assert f"hydra.run.dir={root / 'cheetah-run' / 'dqs-x' / 'seed0'}" in cmd
     assert "algo=dqs" in cmd and "resume=true" not in cmd  # nothing there yet: a fresh start
     assert all(r.state(root) == "fresh" for r in runs)
+
+
+def test_the_results_campaign_ships_with_the_package():
+    """The default spec (the runs of docs/results.md) is package data and parses."""
+    assert campaign.DEFAULT_SPEC.is_file()
+    _, runs = campaign.load_spec(campaign.DEFAULT_SPEC)
+    assert runs and {r.recipe for r in runs} <= {"dmc", "maze"}
 
 
 @pytest.mark.parametrize(
@@ -152,7 +165,7 @@ groups:
 
 
 def test_a_run_another_process_holds_is_reported_running_and_not_started(tmp_path):
-    from dqs_torchrl.harness.rundir import lock_run_dir
+    from dqs_torchrl.experiments.harness.rundir import lock_run_dir
 
     spec_file = _write(
         tmp_path / "c.yaml",

@@ -43,7 +43,6 @@ core of a loaded 2-core machine: 90-145 s (fast), 182-347 s (paper).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -56,8 +55,9 @@ from torchrl.data import Bounded
 from torchrl.objectives import SoftUpdate
 
 from dqs_torchrl import DiffusionActor, EnergyCritic, IDEMScoreLoss, ScoreNetwork, unsquash
+from dqs_torchrl.experiments.configs import CONFIG_DIR
 
-FIDELITY_DIR = Path(__file__).resolve().parents[1] / "recipes" / "config" / "fidelity"
+FIDELITY_DIR = CONFIG_DIR / "fidelity"
 STATES = (1.0, -1.0)
 TEMPERATURES = (1.0, 0.5)
 LEFT_WEIGHT = 0.7  # w(+1); w(-1) = 1 - LEFT_WEIGHT
@@ -72,7 +72,8 @@ TOLERANCE = 0.05
 
 
 def score_estimator(fidelity: str) -> dict[str, Any]:
-    """The Monte Carlo estimator settings of ``recipes/config/fidelity/<fidelity>.yaml``."""
+    """The Monte Carlo estimator settings of the recipes' ``fidelity=<fidelity>``
+    (``dqs_torchrl/experiments/configs/fidelity/<fidelity>.yaml``)."""
     cfg = OmegaConf.load(FIDELITY_DIR / f"{fidelity}.yaml")
     keys = ("num_mc_samples", "num_mc_samples_small", "small_sigma", "estimator")
     return {key: cfg[key] for key in keys}

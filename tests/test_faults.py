@@ -22,7 +22,8 @@ from omegaconf import OmegaConf
 from torchrl.data import Bounded
 
 from dqs_torchrl import DiffusionActor, GeometricSchedule, ScoreNetwork
-from dqs_torchrl.harness import (
+from dqs_torchrl.experiments.configs import CONFIG_DIR
+from dqs_torchrl.experiments.harness import (
     CheckpointError,
     ConfigError,
     latest_checkpoint,
@@ -31,7 +32,7 @@ from dqs_torchrl.harness import (
     validate_config,
 )
 
-CONFIG = str(Path(__file__).resolve().parents[1] / "recipes" / "config")
+CONFIG = str(CONFIG_DIR)
 SMOKE = ("+preset=smoke", "env.task=cartpole-balance", "collector.total_frames=200")
 
 

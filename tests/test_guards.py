@@ -1,13 +1,17 @@
 """Non-finite losses stop training with a clear message; the last good checkpoint survives."""
 
-from pathlib import Path
-
 import pytest
 from hydra import compose, initialize_config_dir
 
-from dqs_torchrl.harness import NonFiniteLossError, latest_checkpoint, load_checkpoint, train
+from dqs_torchrl.experiments.configs import CONFIG_DIR
+from dqs_torchrl.experiments.harness import (
+    NonFiniteLossError,
+    latest_checkpoint,
+    load_checkpoint,
+    train,
+)
 
-CONFIG = str(Path(__file__).resolve().parents[1] / "recipes" / "config")
+CONFIG = str(CONFIG_DIR)
 
 
 def smoke_cfg(*overrides: str):
@@ -40,7 +44,7 @@ def test_resume_of_a_truncated_checkpoint_fails_clearly(tmp_path):
     ckpt = latest_checkpoint(tmp_path / "checkpoints")
     ckpt.write_bytes(ckpt.read_bytes()[:1000])  # a save cut short by hand
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    from dqs_torchrl.harness import CheckpointError
+    from dqs_torchrl.experiments.harness import CheckpointError
 
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         train(smoke_cfg("collector.total_frames=200", "resume=true"), tmp_path)

@@ -1,5 +1,6 @@
 """Importing the package changes no global state: MUJOCO_GL is set only when an env is made,
-and only if the user has not chosen a backend; matplotlib's backend is never switched."""
+and only if the user has not chosen a backend; matplotlib's backend is never switched. The
+core does not import the experiment code (``dqs_torchrl.experiments``) or its stack."""
 
 import os
 import subprocess
@@ -7,14 +8,21 @@ import sys
 
 import pytest
 
-from dqs_torchrl.envs import _headless_mujoco_gl
+from dqs_torchrl.experiments.envs import _headless_mujoco_gl
 
 MODULES = [
     "dqs_torchrl",
-    "dqs_torchrl.envs",
-    "dqs_torchrl.maze",
-    "dqs_torchrl.harness",
-    "dqs_torchrl.harness.plotting",
+    "dqs_torchrl.experiments",
+    "dqs_torchrl.experiments.envs",
+    "dqs_torchrl.experiments.maze",
+    "dqs_torchrl.experiments.harness",
+    "dqs_torchrl.experiments.harness.plotting",
+    "dqs_torchrl.experiments.configs",
+    # the console scripts' modules: dqs-dmc, dqs-maze, dqs-plot, dqs-campaign
+    "dqs_torchrl.experiments.dqs_dmc",
+    "dqs_torchrl.experiments.dqs_maze",
+    "dqs_torchrl.experiments.plot",
+    "dqs_torchrl.experiments.campaign",
 ]
 
 
@@ -44,10 +52,20 @@ print(os.environ.get("MUJOCO_GL"), matplotlib.get_backend(), "matplotlib.pyplot"
     assert run_python(code) == "None svg False"
 
 
+def test_core_imports_no_experiment_code():
+    code = """
+import sys
+import dqs_torchrl
+stack = ("dqs_torchrl.experiments", "hydra", "omegaconf", "matplotlib", "dm_control")
+print(sorted(m for m in sys.modules if m.split(".")[0] in stack or m.startswith(stack[0])))
+"""
+    assert run_python(code) == "[]"
+
+
 def test_making_an_env_defaults_mujoco_gl_to_disable():
     code = """
 import os
-from dqs_torchrl.envs import make_dmc_env
+from dqs_torchrl.experiments.envs import make_dmc_env
 make_dmc_env("cartpole-balance", seed=0)
 print(os.environ.get("MUJOCO_GL"))
 """
@@ -68,7 +86,7 @@ def test_learning_curve_plots_headless_without_pyplot(tmp_path):
     code = f"""
 import sys
 from pathlib import Path
-from dqs_torchrl.harness.plotting import plot_learning_curve
+from dqs_torchrl.experiments.harness.plotting import plot_learning_curve
 csv = Path({str(tmp_path)!r}) / "eval.csv"
 csv.write_text("frames,return_mean,return_min,return_max\\n10,1,0,2\\n20,3,2,4\\n")
 out = plot_learning_curve(csv, csv.with_name("curve.png"), "cartpole")

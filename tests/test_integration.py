@@ -19,7 +19,7 @@ from dqs_torchrl import (
     TemperatureScheduler,
     make_q_network,
 )
-from dqs_torchrl.envs import make_dmc_env
+from dqs_torchrl.experiments.envs import make_dmc_env
 from dqs_torchrl.trainer import DQSTrainer
 
 torch.set_num_threads(1)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchrl.data import Bounded
 
-from dqs_torchrl.maze import (
+from dqs_torchrl.experiments.maze import (
     GOALS,
     MAZE_MAP,
     OUTCOMES,

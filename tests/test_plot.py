@@ -1,16 +1,13 @@
-"""recipes/plot.py aggregates runs: figure-4 curves, an rliable IQM and performance profile."""
+"""dqs-plot (recipes/plot.py) aggregates runs: figure-4 curves, an rliable IQM and performance
+profile."""
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("plot", ROOT / "recipes" / "plot.py")
-plot = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(plot)
+from dqs_torchrl.experiments import plot
 
 
 def write_run(runs: Path, task: str, algo: str, seed: int, frames, returns) -> None:

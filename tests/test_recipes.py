@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dqs_torchrl.harness import latest_checkpoint, load_checkpoint
+from dqs_torchrl.experiments.harness import latest_checkpoint, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

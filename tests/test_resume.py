@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_recipes import recipe_command, run_recipe
 
-from dqs_torchrl.harness import latest_checkpoint, load_checkpoint
+from dqs_torchrl.experiments.harness import latest_checkpoint, load_checkpoint
 
 EPISODE = 70  # steps: episodes end at frames 70, 140, never on a checkpoint
 OVERRIDES = (

@@ -1,18 +1,18 @@
 """Multi-process and Ray collection by a config switch: workers act with the trained weights."""
 
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from dqs_torchrl.harness import make_agent, make_env
-from dqs_torchrl.harness.config import ConfigError, validate_config
-from dqs_torchrl.harness.loop import _make_collector
+from dqs_torchrl.experiments.configs import CONFIG_DIR
+from dqs_torchrl.experiments.harness import make_agent, make_env
+from dqs_torchrl.experiments.harness.config import ConfigError, validate_config
+from dqs_torchrl.experiments.harness.loop import _make_collector
 
-CONFIG = str(Path(__file__).resolve().parents[1] / "recipes" / "config")
+CONFIG = str(CONFIG_DIR)
 
 try:
     metadata.version("ray")

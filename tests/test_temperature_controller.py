@@ -27,9 +27,10 @@ from dqs_torchrl import (
     make_q_network,
     squashed_entropy,
 )
-from dqs_torchrl.envs import make_dmc_env
-from dqs_torchrl.harness.agents import make_agent
-from dqs_torchrl.harness.config import ConfigError, validate_config
+from dqs_torchrl.experiments.configs import CONFIG_DIR
+from dqs_torchrl.experiments.envs import make_dmc_env
+from dqs_torchrl.experiments.harness.agents import make_agent
+from dqs_torchrl.experiments.harness.config import ConfigError, validate_config
 from dqs_torchrl.trainer import DQSTrainer
 
 torch.set_num_threads(1)
@@ -258,7 +259,7 @@ def test_a_sampler_without_bounds_needs_action_dim():
 
 
 def smoke_cfg(*overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "recipes" / "config"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(
             "dqs_dmc", overrides=["+preset=smoke", "env.task=cartpole-balance", *overrides]
         )

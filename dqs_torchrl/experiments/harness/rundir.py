@@ -29,8 +29,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from dqs_torchrl.harness.checkpoint import load_latest_checkpoint
-from dqs_torchrl.harness.config import config_fields
+from dqs_torchrl.experiments.harness.checkpoint import load_latest_checkpoint
+from dqs_torchrl.experiments.harness.config import config_fields
 
 try:
     import fcntl
@@ -98,7 +98,7 @@ def lock_run_dir(run_dir: str | Path) -> Iterator[Path]:
         ...         pass
         Traceback (most recent call last):
         ...
-        dqs_torchrl.harness.rundir.RunDirError: ... is in use by another run (pid ...
+        dqs_torchrl.experiments.harness.rundir.RunDirError: ... is in use by another run (pid ...
     """
     path = Path(run_dir) / ".lock"
     if fcntl is None:
@@ -213,7 +213,7 @@ def _ways_out(run_dir: Path) -> str:
 def open_run(cfg: DictConfig, run_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
     """How the run of ``cfg`` starts in ``run_dir``: the checkpoint to resume from and its
     state, or ``None`` for a fresh start. Raises :class:`RunDirError` (or
-    :class:`~dqs_torchrl.harness.checkpoint.CheckpointError`) before anything is written
+    :class:`~dqs_torchrl.experiments.harness.checkpoint.CheckpointError`) before anything is written
     when the directory holds another run, or a checkpoint that cannot be read.
 
     A fresh start with ``overwrite=true`` moves the old run's :data:`RESULTS` into

@@ -21,11 +21,11 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.record.loggers import get_logger
 from tqdm.auto import tqdm
 
-from dqs_torchrl.harness.agents import Agent, NonFiniteLossError, make_agent
-from dqs_torchrl.harness.checkpoint import save_checkpoint
-from dqs_torchrl.harness.config import EVAL_SEED_OFFSET, resolve_device, validate_config
-from dqs_torchrl.harness.plotting import plot_learning_curve
-from dqs_torchrl.harness.resume import (
+from dqs_torchrl.experiments.harness.agents import Agent, NonFiniteLossError, make_agent
+from dqs_torchrl.experiments.harness.checkpoint import save_checkpoint
+from dqs_torchrl.experiments.harness.config import EVAL_SEED_OFFSET, resolve_device, validate_config
+from dqs_torchrl.experiments.harness.plotting import plot_learning_curve
+from dqs_torchrl.experiments.harness.resume import (
     SeededReset,
     collector_state,
     find_seeded_reset,
@@ -35,7 +35,12 @@ from dqs_torchrl.harness.resume import (
     truncate_eval_log,
     truncate_scalar_logs,
 )
-from dqs_torchrl.harness.rundir import check_networks, lock_run_dir, open_run, run_identity
+from dqs_torchrl.experiments.harness.rundir import (
+    check_networks,
+    lock_run_dir,
+    open_run,
+    run_identity,
+)
 
 __all__ = ["train", "make_env", "evaluate"]
 
@@ -54,11 +59,11 @@ def make_env(cfg: DictConfig, seed: int) -> EnvBase:
         else {"max_episode_steps": cfg.env.max_episode_steps}
     )
     if cfg.env.suite == "maze":
-        from dqs_torchrl.maze import make_maze_env
+        from dqs_torchrl.experiments.maze import make_maze_env
 
         env = make_maze_env(seed=seed, **limit)
     else:
-        from dqs_torchrl.envs import make_dmc_env
+        from dqs_torchrl.experiments.envs import make_dmc_env
 
         env = make_dmc_env(cfg.env.task, seed=seed, **limit)
     return env.append_transform(SeededReset(seed))
@@ -184,7 +189,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
     The run holds the directory's lock for its life and, before writing anything, refuses a
     directory that holds another run and a checkpoint of another run
-    (:mod:`dqs_torchrl.harness.rundir`). Returns a summary: frames, updates, the last
+    (:mod:`dqs_torchrl.experiments.harness.rundir`). Returns a summary: frames, updates, the last
     evaluation, and the paths written.
     """
     validate_config(cfg)
@@ -404,7 +409,7 @@ def _evaluate_and_plot(
         "return_max": float(np.max(returns)),
     }
     if cfg.env.suite == "maze":
-        from dqs_torchrl.maze import count_outcomes, plot_trajectories
+        from dqs_torchrl.experiments.maze import count_outcomes, plot_trajectories
 
         xy = [t[:, :2] for t in trajectories]
         row.update({f"episodes_{k}": v for k, v in count_outcomes(xy).items()})

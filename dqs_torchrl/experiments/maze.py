@@ -46,7 +46,7 @@ from torchrl.envs import (
     TransformedEnv,
 )
 
-from dqs_torchrl.envs import _headless_mujoco_gl
+from dqs_torchrl.experiments.envs import _headless_mujoco_gl
 
 __all__ = [
     "GOALS",

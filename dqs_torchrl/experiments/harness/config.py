@@ -157,7 +157,7 @@ def _list(item: Check, what: str) -> Check:
 
 
 def _dmc_task(field: str, value: Any, fields: dict[str, Any]) -> None:
-    from dqs_torchrl.envs import split_task
+    from dqs_torchrl.experiments.envs import split_task
 
     _text(field, value, fields)
     try:
@@ -298,14 +298,13 @@ def validate_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for an unknown key, or the first invalid or missing field.
 
     Examples:
-        >>> validate_config(OmegaConf.create({"seed": -1}))
-        Traceback (most recent call last):
-        ...
-        dqs_torchrl.harness.config.ConfigError: seed must be an integer in [0, 4294957295], got -1.
-        >>> validate_config(OmegaConf.create({"optim": {"lrr": 1}}))
-        Traceback (most recent call last):
-        ...
-        dqs_torchrl.harness.config.ConfigError: unknown config key 'optim.lrr' ...mean optim.lr?
+        >>> for bad in ({"seed": -1}, {"optim": {"lrr": 1}}):
+        ...     try:
+        ...         validate_config(OmegaConf.create(bad))
+        ...     except ConfigError as error:
+        ...         print(error)
+        seed must be an integer in [0, 4294957295], got -1.
+        unknown config key 'optim.lrr' ...; did you mean optim.lr?
     """
     fields = config_fields(cfg)
     for key in fields:

@@ -6,10 +6,25 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["read_eval_csv", "plot_learning_curve"]
+__all__ = ["agg_figure", "read_eval_csv", "plot_learning_curve"]
+
+
+def agg_figure(figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    """A figure rendered by the Agg canvas, and its one axes: no display, no pyplot, and the
+    global backend untouched, whatever backend the user's own plots use.
+
+    Examples:
+        >>> fig, ax = agg_figure((2, 2))
+        >>> type(fig.canvas).__name__
+        'FigureCanvasAgg'
+    """
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
 
 
 def read_eval_csv(path: str | Path) -> dict[str, list[float]]:
@@ -24,9 +39,7 @@ def read_eval_csv(path: str | Path) -> dict[str, list[float]]:
 def plot_learning_curve(eval_csv: str | Path, path: str | Path, title: str = "") -> Path:
     """Plot evaluation return (mean, with min/max over episodes) against frames."""
     data = read_eval_csv(eval_csv)
-    fig = Figure(figsize=(5, 3.5))
-    FigureCanvasAgg(fig)  # renders without a display, whatever backend pyplot uses
-    ax = fig.add_subplot()
+    fig, ax = agg_figure((5, 3.5))
     if data:
         ax.plot(data["frames"], data["return_mean"], marker="o", label="mean")
         ax.fill_between(

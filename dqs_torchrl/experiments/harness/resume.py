@@ -65,7 +65,7 @@ class SeededReset(Transform):
     records the actions as the policy gave them.
 
     Examples:
-        >>> from dqs_torchrl.envs import make_dmc_env
+        >>> from dqs_torchrl.experiments.envs import make_dmc_env
         >>> envs = [make_dmc_env("cartpole-balance").append_transform(SeededReset(0))
         ...         for _ in range(2)]
         >>> first = envs[0].reset()
