@@ -15,6 +15,15 @@ recent part of its replay buffer, and reports (one line, and a CSV row with ``--
   ``spread`` (standard deviation of ``u`` within a state: the policy's own randomness),
   ``q_gain`` (mean ``Q(s, a_pi) - Q(s, a_uniform)`` over ``T``), ``q_pct`` (mean percentile
   of ``Q(s, a_pi)`` among the uniform actions' values: 50 for noise, 100 for greedy);
+- for DQS with the paper-form energy (``algo.energy=unbounded``), where the latent is read
+  and where it acts: ``latent_abs`` (mean ``|x|``), ``latent_out`` (fraction of components
+  with ``|x| > 1``, outside the box the critic was trained on) and ``read_gap``, the mean of
+  ``(Q(s, c + h x) - Q(s, squash(x))) / T``: how much better the energy believes its samples
+  are than the actions the environment receives;
+- with ``--grid N`` on tasks with at most two action dimensions: the critic on an ``N^d`` grid
+  of the box, the exact Boltzmann policy ``exp(Q/T)`` of the box there (``boltz_spread``,
+  ``boltz_abs_u``, ``boltz_sat``, ``boltz_gap``: ``(E[Q] - max Q) / T``) and, per sampler,
+  ``gap``: ``(E[Q(s, a_pi)] - max Q) / T`` (for SAC, T = 1: raw Q units);
 - with ``--eval-episodes N``: the mean return of N episodes sampling the policy and N with
   its deterministic mode (for DQS, the noise-free annealed ascent from the prior's mean);
 - for DQS/QSM with ``--paper-sampler``: the same for the same score network sampled with
@@ -39,15 +48,27 @@ from dqs_torchrl.experiments.harness.checkpoint import latest_checkpoint, load_c
 from dqs_torchrl.experiments.harness.loop import make_env
 
 
-def _policy_actions(agent, obs: torch.Tensor, actor: DiffusionActor | None) -> torch.Tensor:
+def _policy_actions(
+    agent, obs: torch.Tensor, actor: DiffusionActor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(action, latent)``: the latent is ``None`` for a policy without one (SAC)."""
     with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        if actor is None and isinstance(agent.policy, DiffusionActor):
+            actor = agent.policy
         if actor is not None:
-            return actor.sample(obs)[0]
-        return agent.policy(TensorDict(observation=obs, batch_size=obs.shape[:-1]))["action"]
+            return actor.sample(obs)
+        td = agent.policy(TensorDict(observation=obs, batch_size=obs.shape[:-1]))
+        return td["action"], None
 
 
 def diagnose(
-    run_dir: Path, states: int, actions: int, samples: int, paper: bool, eval_episodes: int = 0
+    run_dir: Path,
+    states: int,
+    actions: int,
+    samples: int,
+    paper: bool,
+    eval_episodes: int = 0,
+    grid: int = 0,
 ) -> list[dict]:
     cfg = OmegaConf.load(run_dir / "config.yaml")
     ckpt = latest_checkpoint(run_dir / "checkpoints")
@@ -81,6 +102,25 @@ def diagnose(
         "q_std": q_uni.std(0).mean().item(),
         "q_range_over_t": ((q_uni.max(0).values - q_uni.min(0).values) / temperature).mean().item(),
     }
+    q_max = None
+    if grid and d <= 2:
+        lin = torch.linspace(0, 1, grid)
+        u_grid = torch.stack(torch.meshgrid(*[lin] * d, indexing="ij"), -1).reshape(-1, d)
+        a_grid = low + (high - low) * u_grid
+        u_grid = 2 * u_grid - 1
+        with torch.no_grad():
+            q_grid = torch.stack(
+                [_q(agent, o.expand(len(a_grid), o.shape[-1]), a_grid) for o in obs]
+            )
+        boltz = torch.softmax(q_grid / temperature, -1)  # [states, grid^d]
+        mean = boltz @ u_grid
+        q_max = q_grid.max(-1).values
+        base |= {
+            "boltz_spread": (boltz @ u_grid.pow(2) - mean.pow(2)).clamp_min(0).sqrt().mean().item(),
+            "boltz_abs_u": (boltz @ u_grid.abs()).mean().item(),
+            "boltz_sat": (boltz @ (u_grid.abs() > 0.9).float()).mean().item(),
+            "boltz_gap": (((boltz * q_grid).sum(-1) - q_max) / temperature).mean().item(),
+        }
     samplers = [("recipe", None)]
     if paper and cfg.algo.name != "sac":
         actor: DiffusionActor = agent.policy
@@ -100,22 +140,33 @@ def diagnose(
         samplers.append(("paper-1000-EM", ref))
     for name, actor in samplers:
         obs_s = obs.expand(samples, *obs.shape)
-        act = _policy_actions(agent, obs_s, actor).float()  # [samples, states, d]
+        torch.manual_seed(0)  # the same draws for every sampler
+        act, latent = _policy_actions(agent, obs_s, actor)  # [samples, states, d]
+        act = act.float()
         u = 2 * (act - low) / (high - low) - 1
         with torch.no_grad():
             q_pi = _q(agent, obs_s, act)
         pct = (q_uni.unsqueeze(0) < q_pi.unsqueeze(1)).float().mean(1)  # [samples, states]
-        rows.append(
-            base
-            | {
-                "sampler": name,
-                "abs_u": u.abs().mean().item(),
-                "sat": (u.abs() > 0.9).float().mean().item(),
-                "spread": u.std(0).mean().item(),
-                "q_gain": ((q_pi.mean(0) - q_uni.mean(0)) / temperature).mean().item(),
-                "q_pct": 100 * pct.mean().item(),
+        row = base | {
+            "sampler": name,
+            "abs_u": u.abs().mean().item(),
+            "sat": (u.abs() > 0.9).float().mean().item(),
+            "spread": u.std(0).mean().item(),
+            "q_gain": ((q_pi.mean(0) - q_uni.mean(0)) / temperature).mean().item(),
+            "q_pct": 100 * pct.mean().item(),
+        }
+        if q_max is not None:
+            row["gap"] = ((q_pi.mean(0) - q_max) / temperature).mean().item()
+        if latent is not None and cfg.algo.get("energy") == "unbounded":
+            read = (high + low) / 2 + latent.float() * (high - low) / 2  # where the energy reads Q
+            with torch.no_grad():
+                q_read = _q(agent, obs_s, read)
+            row |= {
+                "latent_abs": latent.abs().mean().item(),
+                "latent_out": (latent.abs() > 1).float().mean().item(),
+                "read_gap": ((q_read - q_pi) / temperature).mean().item(),
             }
-        )
+        rows.append(row)
     if eval_episodes:
         from dqs_torchrl.experiments.harness.loop import evaluate
 
@@ -150,6 +201,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=32, help="policy actions per state")
     parser.add_argument("--paper-sampler", action="store_true")
     parser.add_argument(
+        "--grid", type=int, default=0, help="points per action dimension (d <= 2): exact exp(Q/T)"
+    )
+    parser.add_argument(
         "--eval-episodes", type=int, default=0, help="also evaluate, stochastic and deterministic"
     )
     parser.add_argument("--csv", type=Path, default=None, help="append the rows here")
@@ -157,7 +211,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     for run_dir in args.run_dirs:
         for row in diagnose(
-            run_dir, args.states, args.actions, args.samples, args.paper_sampler, args.eval_episodes
+            run_dir,
+            args.states,
+            args.actions,
+            args.samples,
+            args.paper_sampler,
+            args.eval_episodes,
+            args.grid,
         ):
             print(
                 "  ".join(
