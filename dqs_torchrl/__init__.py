@@ -1,8 +1,8 @@
 """Diffusion Q-Sampling (DQS) for TorchRL.
 
-The four public components are :class:`DiffusionActor`, :class:`IDEMScoreLoss`,
-:class:`DoubleQLoss` and :class:`TemperatureScheduler` (or, in its slot,
-:class:`TemperatureController`, which adapts T to a target entropy); schedules, samplers and
+The four public components are [`DiffusionActor`][], [`IDEMScoreLoss`][],
+[`DoubleQLoss`][] and [`TemperatureScheduler`][] (or, in its slot,
+[`TemperatureController`][], which adapts T to a target entropy); schedules, samplers and
 networks are plain building blocks around them.
 """
 

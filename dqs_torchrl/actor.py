@@ -1,4 +1,4 @@
-"""``DiffusionActor``: a TensorDict policy that samples ``pi(a|s) ∝ exp(Q(s,a)/T)``."""
+"""`DiffusionActor`: a TensorDict policy that samples `pi(a|s) ∝ exp(Q(s,a)/T)`."""
 
 from __future__ import annotations
 
@@ -103,74 +103,74 @@ def _frozen_copy(module: nn.Module) -> nn.Module:
 
 
 class DiffusionActor(TensorDictModuleBase):
-    """A diffusion policy sampling the Boltzmann distribution ``pi(a|s) ∝ exp(Q(s, a)/T)``.
+    """A diffusion policy sampling the Boltzmann distribution `pi(a|s) ∝ exp(Q(s, a)/T)`.
 
-    Reads ``observation`` (and ``temperature`` when the tensordict has it, else its own
-    :attr:`temperature` buffer, which :class:`~dqs_torchrl.TemperatureScheduler` sets), draws
-    ``x_1`` from the prior (the paper's ``N(0, sigma_max^2)`` unless ``prior`` says otherwise),
-    integrates the reverse SDE with the score network, and writes the bounded
-    ``action = squash(x)`` (fitting any box spec) and the latent ``action_raw = x``.
-    Any leading batch shape works, so it serves as the policy of a TorchRL ``Collector`` or of
-    ``env.rollout``.
+    Reads `observation` (and `temperature` when the tensordict has it, else its own
+    `temperature` buffer, which [`TemperatureScheduler`][dqs_torchrl.TemperatureScheduler]
+    sets), draws `x_1` from the prior (the paper's `N(0, sigma_max^2)` unless `prior` says
+    otherwise), integrates the reverse SDE with the score network, and writes the bounded
+    `action = squash(x)` (fitting any box spec) and the latent `action_raw = x`.
+    Any leading batch shape works, so it serves as the policy of a TorchRL `Collector` or of
+    `env.rollout`.
 
-    Exploration: under ``ExplorationType.RANDOM`` (and when no exploration type is set) the
-    action is a sample of the policy. Under ``DETERMINISTIC`` (or ``MODE``/``MEAN``) the
-    sampler starts at ``x_1 = 0`` (the paper prior's mean, whatever ``prior`` is) and runs with
-    its noise switched off: an annealed ascent on ``log p_tau`` that ends near a mode of
-    ``pi(.|s)`` — a deterministic function of the state, used for evaluation.
+    Exploration: under `ExplorationType.RANDOM` (and when no exploration type is set) the
+    action is a sample of the policy. Under `DETERMINISTIC` (or `MODE`/`MEAN`) the
+    sampler starts at `x_1 = 0` (the paper prior's mean, whatever `prior` is) and runs with
+    its noise switched off: an annealed ascent on `log p_tau` that ends near a mode of
+    `pi(.|s)` — a deterministic function of the state, used for evaluation.
 
-    Not to be confused with ``torchrl.modules.DiffusionActor``, a DDPM behaviour-cloning actor
-    trained on demonstrations: this one is trained by :class:`~dqs_torchrl.IDEMScoreLoss` to
-    sample the Boltzmann density of a critic or of any energy, with no data of good actions.
+    Not to be confused with `torchrl.modules.DiffusionActor`, a DDPM behaviour-cloning actor trained
+    on demonstrations: this one is trained by [`IDEMScoreLoss`][dqs_torchrl.IDEMScoreLoss] to sample
+    the Boltzmann density of a critic or of any energy, with no data of good actions.
 
     Args:
-        score_network: any :class:`~dqs_torchrl.ScoreModel`: an ``nn.Module`` with
-            ``forward(observation, x, tau, temperature) -> score``, such as
-            :class:`~dqs_torchrl.ScoreNetwork`. If it also has the methods of
-            :class:`~dqs_torchrl.SplitScoreModel` (``condition``, ``time_features``,
-            ``bind_head``), the actor computes the ``(s, T)`` and ``tau`` features once per call
+        score_network: any [`ScoreModel`][]: an `nn.Module` with
+            `forward(observation, x, tau, temperature) -> score`, such as
+            [`ScoreNetwork`][]. If it also has the methods of
+            [`SplitScoreModel`][] (`condition`, `time_features`,
+            `bind_head`), the actor computes the `(s, T)` and `tau` features once per call
             and each step runs only the head; otherwise each step calls the module
-            (:attr:`split_features` says which).
-        action_spec: a continuous ``Bounded`` spec (or a ``Composite`` holding one).
+            (`split_features` says which).
+        action_spec: a continuous `Bounded` spec (or a `Composite` holding one).
 
     Keyword Args:
         sigma_min: lowest noise level of the geometric VE schedule (paper: 1e-5).
         sigma_max: highest noise level, the first sigma of the grid (paper: 1.0).
         num_steps: number of sampler steps (paper: 1000).
-        sampler: ``"euler_maruyama"`` (paper), ``"ancestral"`` or ``"heun"`` (probability-flow
-            ODE, second order); see :mod:`dqs_torchrl.samplers`.
-        spacing: ``"geometric"`` (uniform in tau, the paper's) or ``"karras"``.
-        sigma_end: last sigma of the grid; defaults to ``sigma_min``.
-        denoise: finish with one Tweedie step ``x + sigma_end^2 score(x, sigma_end)``.
+        sampler: `"euler_maruyama"` (paper), `"ancestral"` or `"heun"` (probability-flow
+            ODE, second order); see [`dqs_torchrl.samplers`][].
+        spacing: `"geometric"` (uniform in tau, the paper's) or `"karras"`.
+        sigma_end: last sigma of the grid; defaults to `sigma_min`.
+        denoise: finish with one Tweedie step `x + sigma_end^2 score(x, sigma_end)`.
         prior: the distribution the sampler starts from, at the grid's first level
-            ``sigma_max``. The noised target there is the latent policy convolved with
-            ``N(0, sigma_max^2 I)``: mean ``E[x_0]``, variance ``Var(x_0) + sigma_max^2``
-            along each direction, so a start wider than ``sigma_max`` and off the origin is
+            `sigma_max`. The noised target there is the latent policy convolved with
+            `N(0, sigma_max^2 I)`: mean `E[x_0]`, variance `Var(x_0) + sigma_max^2`
+            along each direction, so a start wider than `sigma_max` and off the origin is
             what a start at that level should be.
 
-            - ``"paper"`` (default): ``N(0, sigma_max^2 I)``, which ignores both the mean and
+            - `"paper"` (default): `N(0, sigma_max^2 I)`, which ignores both the mean and
               the spread of the latent policy;
-            - ``"matched"``: ``N(m(s), v I)`` with ``v = sigma_max^2 + latent_variance`` and
-              ``m(s) = v * score(0, sigma_max)`` (exact for a Gaussian noised target of
-              variance ``v``): both moments, for one more score call per action.
+            - `"matched"`: `N(m(s), v I)` with `v = sigma_max^2 + latent_variance` and
+              `m(s) = v * score(0, sigma_max)` (exact for a Gaussian noised target of
+              variance `v`): both moments, for one more score call per action.
 
             With the exact score, the mode-mass error that the start alone leaves is, over
-            five test energies: ``"paper"`` 0.024-0.074 at ``sigma_max = 1``, 0.003-0.020 at
-            2; ``"matched"`` 0.006-0.036 at 1, <= 0.0025 at 2 (below the sampling noise of
+            five test energies: `"paper"` 0.024-0.074 at `sigma_max = 1`, 0.003-0.020 at
+            2; `"matched"` 0.006-0.036 at 1, <= 0.0025 at 2 (below the sampling noise of
             4,000 draws; docs/performance.md, start bias). A zero-mean start of variance
-            ``v`` fixes only policies centred on the box. Deterministic actions start at 0
+            `v` fixes only policies centred on the box. Deterministic actions start at 0
             whatever the prior.
-        latent_variance: the latent policy's variance per dimension that ``"matched"`` adds
-            to ``sigma_max^2`` (finite, > 0; default 1.0, just above the 0.82 of a uniform
-            box action, ``Var(atanh(U(-1, 1)))``).
-        temperature: initial temperature ``T > 0``.
+        latent_variance: the latent policy's variance per dimension that `"matched"` adds
+            to `sigma_max^2` (finite, > 0; default 1.0, just above the 0.82 of a uniform
+            box action, `Var(atanh(U(-1, 1)))`).
+        temperature: initial temperature `T > 0`.
         ema: keep an exponential moving average of the score-network weights and sample with
-            it. The average is :attr:`ema_network` (a copy holding buffers, not parameters);
-            ``SoftUpdate(IDEMScoreLoss(...))`` updates it like a target network.
+            it. The average is `ema_network` (a copy holding buffers, not parameters);
+            `SoftUpdate(IDEMScoreLoss(...))` updates it like a target network.
         compile_sampler: run the sampler loop (all steps and the Tweedie step, noise drawn up
-            front) as one ``torch.compile``-d function: ``True`` for the default mode, or a
-            mode name such as ``"reduce-overhead"`` (CUDA graphs on a GPU). For
-            ``euler_maruyama`` and ``ancestral`` with a :class:`ScoreNetwork`. It draws the
+            front) as one `torch.compile`-d function: `True` for the default mode, or a
+            mode name such as `"reduce-overhead"` (CUDA graphs on a GPU). For
+            `euler_maruyama` and `ancestral` with a [`ScoreNetwork`][]. It draws the
             same noise as the eager loop; results agree to float rounding. Compiling takes
             seconds per batch shape and, on our CPUs, saved about 10-15% of a batch-1
             action (docs/performance.md), so it is off by default.
@@ -272,8 +272,8 @@ class DiffusionActor(TensorDictModuleBase):
 
     def _derive_grid_constants(self) -> None:
         """What every sampling call needs of the fixed grid, computed once: the sigmas as
-        floats, their taus, the step coefficients, the Tweedie factor (no per-call ``tolist``
-        or ``item``, which on a GPU would each wait for the device)."""
+        floats, their taus, the step coefficients, the Tweedie factor (no per-call `tolist`
+        or `item`, which on a GPU would each wait for the device)."""
         sigmas = self.sigmas.tolist()
         self._sigma_list = sigmas
         self.register_buffer(
@@ -303,9 +303,9 @@ class DiffusionActor(TensorDictModuleBase):
         deterministic: bool = False,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Draw ``(action, latent action)`` for observations of shape ``[*batch, obs_dim]``.
+        """Draw `(action, latent action)` for observations of shape `[*batch, obs_dim]`.
 
-        ``temperature`` is a float or a tensor broadcastable to ``[*batch, 1]``; ``None`` uses
+        `temperature` is a float or a tensor broadcastable to `[*batch, 1]`; `None` uses
         the actor's own temperature.
         """
         check_last_dim(
@@ -378,7 +378,7 @@ class DiffusionActor(TensorDictModuleBase):
     def _grid_score_fn(
         self, net: ScoreModel, obs: Tensor, temp: Tensor
     ) -> Callable[[Tensor, float], Tensor]:
-        """``score_fn(x, sigma)`` for the sigmas of the grid, at the grid's own taus."""
+        """`score_fn(x, sigma)` for the sigmas of the grid, at the grid's own taus."""
         if self.split_features:
             # (s, T) and tau features are computed once per call; each step only pays for x.
             condition = net.condition(obs, temp)
@@ -403,8 +403,8 @@ class DiffusionActor(TensorDictModuleBase):
         observation: Tensor,
         temperature: Tensor | float | None = None,
     ) -> Callable[[Tensor, float], Tensor]:
-        """The learned score as a ``score_fn(x, sigma)`` for the plain samplers of
-        :mod:`dqs_torchrl.samplers` (live weights, not the EMA)."""
+        """The learned score as a `score_fn(x, sigma)` for the plain samplers of
+        [`dqs_torchrl.samplers`][] (live weights, not the EMA)."""
         temp = self._temperature(temperature)
         temp = temp.to(observation).expand(*observation.shape[:-1], 1)
 
@@ -415,11 +415,11 @@ class DiffusionActor(TensorDictModuleBase):
         return score_fn
 
     def fill_latent_action(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """Add the latent ``action_raw`` to data whose actions came from elsewhere.
+        """Add the latent `action_raw` to data whose actions came from elsewhere.
 
-        Random warm-up frames (``Collector(init_random_frames=...)``) carry only ``action``:
-        use this as the collector's ``postproc`` so every transition in the replay buffer has
-        its latent (``atanh`` of the rescaled action, clipped away from the box faces).
+        Random warm-up frames (`Collector(init_random_frames=...)`) carry only `action`:
+        use this as the collector's `postproc` so every transition in the replay buffer has
+        its latent (`atanh` of the rescaled action, clipped away from the box faces).
         """
         if self.raw_action_key not in tensordict.keys():
             action = tensordict.get(self.action_key)

@@ -1,15 +1,15 @@
 """The latent energy of the Boltzmann policy and the map from latent to bounded actions.
 
-The policy lives on the action box ``[low, high]``; the diffusion runs in an unbounded latent
-``x`` mapped by ``a = squash(x) = low + (tanh(x) + 1) (high - low) / 2``. For ``exp(-E)`` in
-``x`` to be the image of ``pi(a|s) ∝ exp(Q(s,a)/T)`` on the box, the latent log-density
+The policy lives on the action box `[low, high]`; the diffusion runs in an unbounded latent
+`x` mapped by `a = squash(x) = low + (tanh(x) + 1) (high - low) / 2`. For `exp(-E)` in
+`x` to be the image of `pi(a|s) ∝ exp(Q(s,a)/T)` on the box, the latent log-density
 carries the change of variables:
 
-.. math::
+$$
+-E(s, x) = Q(s, \\mathrm{squash}(x)) / T + \\sum_j \\log(1 - \\tanh(x_j)^2) + \\mathrm{const}.
+$$
 
-    -E(s, x) = Q(s, \\mathrm{squash}(x)) / T + \\sum_j \\log(1 - \\tanh(x_j)^2) + \\mathrm{const}.
-
-The paper-literal form drops the log-Jacobian (then ``exp(-E)`` is not normalisable in ``x``).
+The paper-literal form drops the log-Jacobian (then `exp(-E)` is not normalisable in `x`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ __all__ = ["squash", "unsquash", "tanh_log_jacobian", "EnergyCritic"]
 
 
 def squash(x: Tensor, low: Tensor, high: Tensor) -> Tensor:
-    """Map a latent ``x`` to the box: ``low + (tanh(x) + 1) * (high - low) / 2``.
+    """Map a latent `x` to the box: `low + (tanh(x) + 1) * (high - low) / 2`.
 
     Examples:
         >>> squash(torch.tensor([0.0]), torch.tensor([-2.0]), torch.tensor([4.0]))
@@ -36,7 +36,7 @@ def squash(x: Tensor, low: Tensor, high: Tensor) -> Tensor:
 
 
 def unsquash(action: Tensor, low: Tensor, high: Tensor, eps: float = 1e-6) -> Tensor:
-    """Inverse of :func:`squash`, clipped away from the box faces by ``eps``.
+    """Inverse of [`squash`][], clipped away from the box faces by `eps`.
 
     Examples:
         >>> low, high = torch.tensor([-2.0]), torch.tensor([4.0])
@@ -48,9 +48,9 @@ def unsquash(action: Tensor, low: Tensor, high: Tensor, eps: float = 1e-6) -> Te
 
 
 def tanh_log_jacobian(x: Tensor) -> Tensor:
-    """``sum_j log(1 - tanh(x_j)^2)``, computed as ``2 (log 2 - x - softplus(-2x))``.
+    """`sum_j log(1 - tanh(x_j)^2)`, computed as `2 (log 2 - x - softplus(-2x))`.
 
-    The rewritten form stays finite where tanh saturates (``|x| > 10``).
+    The rewritten form stays finite where tanh saturates (`|x| > 10`).
 
     Examples:
         >>> x = torch.tensor([[0.5, -30.0]])
@@ -77,15 +77,16 @@ class _NegEnergy(nn.Module):
 
 
 class EnergyCritic(TensorDictModule):
-    """Wrap a user energy ``E(a)`` (or ``E(s, a)``) as a critic with ``Q = -E``.
+    """Wrap a user energy `E(a)` (or `E(s, a)`) as a critic with `Q = -E`.
 
-    With it, :class:`~dqs_torchrl.IDEMScoreLoss` trains a :class:`~dqs_torchrl.DiffusionActor`
-    to sample ``p(a) ∝ exp(-E(a) / T)`` on the actor's action box, outside any RL loop.
+    With it, [`IDEMScoreLoss`][dqs_torchrl.IDEMScoreLoss] trains a
+    [`DiffusionActor`][dqs_torchrl.DiffusionActor] to sample `p(a) ∝ exp(-E(a) / T)` on the actor's
+    action box, outside any RL loop.
 
     Args:
-        energy_fn: ``E(action) -> Tensor[...]`` or, with ``uses_observation=True``,
-            ``E(observation, action) -> Tensor[...]``. No parameters are needed.
-        uses_observation: whether ``energy_fn`` takes the observation.
+        energy_fn: `E(action) -> Tensor[...]` or, with `uses_observation=True`,
+            `E(observation, action) -> Tensor[...]`. No parameters are needed.
+        uses_observation: whether `energy_fn` takes the observation.
 
     Examples:
         >>> from tensordict import TensorDict

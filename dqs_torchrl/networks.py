@@ -16,15 +16,15 @@ __all__ = ["ScoreModel", "SplitScoreModel", "SinusoidalEmbedding", "ScoreNetwork
 
 @runtime_checkable
 class ScoreModel(Protocol):
-    """What :class:`~dqs_torchrl.DiffusionActor` samples with: an ``nn.Module`` whose
-    ``forward(observation, x, tau, temperature)`` returns the score estimate, shaped like
-    ``x``.
+    """What [`DiffusionActor`][dqs_torchrl.DiffusionActor] samples with: an `nn.Module` whose
+    `forward(observation, x, tau, temperature)` returns the score estimate, shaped like
+    `x`.
 
-    ``observation`` is ``[n, obs_dim]``, ``x`` ``[n, action_dim]``, ``tau`` and ``temperature``
-    ``[n, 1]``. The actor calls the module once per sampler step (twice per Heun step).
-    Optional attributes ``observation_dim`` and ``action_dim`` let the actor and the losses
-    check the data's sizes. :class:`ScoreNetwork` is one; a network that also has
-    :class:`SplitScoreModel`'s methods is sampled faster.
+    `observation` is `[n, obs_dim]`, `x` `[n, action_dim]`, `tau` and `temperature`
+    `[n, 1]`. The actor calls the module once per sampler step (twice per Heun step).
+    Optional attributes `observation_dim` and `action_dim` let the actor and the losses
+    check the data's sizes. [`ScoreNetwork`][] is one; a network that also has
+    [`SplitScoreModel`][]'s methods is sampled faster.
 
     Examples:
         >>> class MyScore(nn.Module):
@@ -38,19 +38,19 @@ class ScoreModel(Protocol):
     """
 
     def forward(self, observation: Tensor, x: Tensor, tau: Tensor, temperature: Tensor) -> Tensor:
-        """The score at ``(s, x, tau, T)``."""
+        """The score at `(s, x, tau, T)`."""
         ...
 
 
 @runtime_checkable
 class SplitScoreModel(ScoreModel, Protocol):
-    """A :class:`ScoreModel` whose first layer splits into a ``(s, T)`` part, a ``tau`` part
-    and the rest, with ``forward(s, x, tau, T) == bind_head()(condition(s, T) +
-    time_features(tau), x)``.
+    """A [`ScoreModel`][] whose first layer splits into a `(s, T)` part, a `tau` part
+    and the rest, with `forward(s, x, tau, T) == bind_head()(condition(s, T) +
+    time_features(tau), x)`.
 
-    :class:`~dqs_torchrl.DiffusionActor` detects these methods: it then computes
-    ``condition`` once per sampling call and ``time_features`` once per grid, and each step
-    pays only for the head. :class:`ScoreNetwork` implements it.
+    [`DiffusionActor`][dqs_torchrl.DiffusionActor] detects these methods: it then computes
+    `condition` once per sampling call and `time_features` once per grid, and each step
+    pays only for the head. [`ScoreNetwork`][] implements it.
 
     Examples:
         >>> isinstance(ScoreNetwork(3, 2, 16, 8), SplitScoreModel)
@@ -58,22 +58,22 @@ class SplitScoreModel(ScoreModel, Protocol):
     """
 
     def condition(self, observation: Tensor, temperature: Tensor) -> Tensor:
-        """Features of ``(s, T)``, ``[n, F]``."""
+        """Features of `(s, T)`, `[n, F]`."""
         ...
 
     def time_features(self, tau: Tensor) -> Tensor:
-        """Features of the diffusion times ``tau`` (``[m, 1]``), ``[m, F]``."""
+        """Features of the diffusion times `tau` (`[m, 1]`), `[m, F]`."""
         ...
 
     def bind_head(self) -> Callable[[Tensor, Tensor], Tensor]:
-        """``head(features, x) -> score`` with the current weights bound."""
+        """`head(features, x) -> score` with the current weights bound."""
         ...
 
 
 class SinusoidalEmbedding(nn.Module):
-    """Transformer-style embedding ``[sin(scale * v * f_k), cos(scale * v * f_k)]``.
+    """Transformer-style embedding `[sin(scale * v * f_k), cos(scale * v * f_k)]`.
 
-    Frequencies ``f_k = max_period ** (-k / (dim / 2))``, ``k = 0 .. dim/2 - 1``.
+    Frequencies `f_k = max_period ** (-k / (dim / 2))`, `k = 0 .. dim/2 - 1`.
 
     Examples:
         >>> emb = SinusoidalEmbedding(8)
@@ -90,20 +90,20 @@ class SinusoidalEmbedding(nn.Module):
         self.register_buffer("freqs", scale * freqs, persistent=False)
 
     def forward(self, value: Tensor) -> Tensor:
-        """Embed ``value`` of shape ``[..., 1]`` into ``[..., dim]``."""
+        """Embed `value` of shape `[..., 1]` into `[..., dim]`."""
         arg = value * self.freqs
         return torch.cat([torch.sin(arg), torch.cos(arg)], dim=-1)
 
 
 class ScoreNetwork(nn.Module):
-    """The DQS score network ``f_phi(s, x_tau, tau, T)``.
+    """The DQS score network `f_phi(s, x_tau, tau, T)`.
 
     An MLP with two hidden layers (ReLU) and a residual skip around the second, whose first
-    layer reads the state, the noisy latent action and sinusoidal embeddings of ``tau`` and of
-    ``log T``. The first layer is split into a part that depends only on ``(s, T)``
-    (:meth:`condition`), one that depends only on ``tau`` (:meth:`time_features`) and one on
-    ``x``, so a sampler computes the first two once and pays only for ``x`` at each step;
-    :meth:`forward` is literally ``head(condition + time_features, x)``.
+    layer reads the state, the noisy latent action and sinusoidal embeddings of `tau` and of
+    `log T`. The first layer is split into a part that depends only on `(s, T)`
+    ([`condition`][]), one that depends only on `tau` ([`time_features`][]) and one on
+    `x`, so a sampler computes the first two once and pays only for `x` at each step;
+    [`forward`][] is literally `head(condition + time_features, x)`.
 
     Args:
         observation_dim: size of the state (0 for a plain energy without a state).
@@ -135,23 +135,23 @@ class ScoreNetwork(nn.Module):
         self.output_layer = nn.Linear(num_cells, action_dim)
 
     def condition(self, observation: Tensor, temperature: Tensor) -> Tensor:
-        """First-layer features of ``(s, T)``; ``temperature`` has shape ``[..., 1]``."""
+        """First-layer features of `(s, T)`; `temperature` has shape `[..., 1]`."""
         t_emb = self.temperature_embedding(torch.log(temperature))
         return self.condition_layer(torch.cat([observation, t_emb], dim=-1))
 
     def time_features(self, tau: Tensor) -> Tensor:
-        """First-layer features of the diffusion time; ``tau`` has shape ``[..., 1]``."""
+        """First-layer features of the diffusion time; `tau` has shape `[..., 1]`."""
         return self.time_layer(self.tau_embedding(tau))
 
     def head(self, features: Tensor, x: Tensor) -> Tensor:
-        """The rest of the network given the summed ``(s, T)`` and ``tau`` features."""
+        """The rest of the network given the summed `(s, T)` and `tau` features."""
         return self.bind_head()(features, x)
 
     def bind_head(self) -> Callable[[Tensor, Tensor], Tensor]:
-        """:meth:`head` with the current weights bound to local variables.
+        """[`head`][] with the current weights bound to local variables.
 
         A sampler calls the head once per step; binding once per sampling call skips
-        ``nn.Module`` dispatch in that hot loop (about a third of a batch-1 step on CPU).
+        `nn.Module` dispatch in that hot loop (about a third of a batch-1 step on CPU).
         """
         weights = self.head_weights()
 
@@ -161,7 +161,7 @@ class ScoreNetwork(nn.Module):
         return head
 
     def head_weights(self) -> tuple[Tensor, ...]:
-        """The weights :func:`score_head` takes after ``(features, x)``."""
+        """The weights `score_head` takes after `(features, x)`."""
         return (
             self.action_layer.weight,
             self.hidden_layer.weight,
@@ -171,14 +171,14 @@ class ScoreNetwork(nn.Module):
         )
 
     def forward(self, observation: Tensor, x: Tensor, tau: Tensor, temperature: Tensor) -> Tensor:
-        """Score estimate at ``(s, x, tau, T)``; ``tau`` and ``temperature`` are ``[..., 1]``."""
+        """Score estimate at `(s, x, tau, T)`; `tau` and `temperature` are `[..., 1]`."""
         return self.head(self.condition(observation, temperature) + self.time_features(tau), x)
 
 
 def score_head(
     features: Tensor, x: Tensor, w_a: Tensor, w_h: Tensor, b_h: Tensor, w_o: Tensor, b_o: Tensor
 ) -> Tensor:
-    """:meth:`ScoreNetwork.head` as a pure function of its weights (what compiled loops trace)."""
+    """[`ScoreNetwork.head`][] as a pure function of its weights (what compiled loops trace)."""
     h1 = torch.relu(features + F.linear(x, w_a))
     h2 = torch.relu(F.linear(h1, w_h, b_h)) + h1
     return F.linear(h2, w_o, b_o)
@@ -191,8 +191,8 @@ def make_q_network(
     observation_key: str = "observation",
     action_key: str = "action",
 ) -> ValueOperator:
-    """A Q-network ``Q(s, a)`` (MLP, ReLU) reading ``observation`` and ``action`` and writing
-    ``state_action_value``, as :class:`DoubleQLoss` and TorchRL's ``SACLoss`` expect.
+    """A Q-network `Q(s, a)` (MLP, ReLU) reading `observation` and `action` and writing
+    `state_action_value`, as [`DoubleQLoss`][] and TorchRL's `SACLoss` expect.
 
     Examples:
         >>> from tensordict import TensorDict

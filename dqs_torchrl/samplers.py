@@ -1,11 +1,11 @@
-"""Reverse-time samplers of the VE SDE ``dx = -g^2 score dtau + g dw``, as plain functions.
+"""Reverse-time samplers of the VE SDE `dx = -g^2 score dtau + g dw`, as plain functions.
 
-Every sampler has the same signature ``sampler(score_fn, x, sigmas, *, noise=True,
-generator=None) -> x``: ``score_fn(x, sigma)`` returns the score of the noised density at the
-python float ``sigma``; ``x`` is the starting point (drawn from ``N(0, sigmas[0]^2)`` by the
-caller); ``sigmas`` is a decreasing grid from :mod:`dqs_torchrl.schedules`. Nothing here knows
-about TorchRL. With ``noise=False`` the injected noise is switched off, which turns the
-sampler into an annealed ascent on ``log p_sigma`` (used for deterministic actions).
+Every sampler has the same signature `sampler(score_fn, x, sigmas, *, noise=True,
+generator=None) -> x`: `score_fn(x, sigma)` returns the score of the noised density at the
+python float `sigma`; `x` is the starting point (drawn from `N(0, sigmas[0]^2)` by the
+caller); `sigmas` is a decreasing grid from [`dqs_torchrl.schedules`][]. Nothing here knows
+about TorchRL. With `noise=False` the injected noise is switched off, which turns the
+sampler into an annealed ascent on `log p_sigma` (used for deterministic actions).
 """
 
 from __future__ import annotations
@@ -53,11 +53,11 @@ STEP_SAMPLERS = tuple(_STEPS)  # one score call per step: what step_coefficients
 
 
 def step_coefficients(sampler: str, sigmas: Tensor) -> list[tuple[float, float, float]] | None:
-    """The steps ``(sigma, c, v)`` of a one-call-per-step sampler on ``sigmas``: step ``i`` is
-    ``x <- x + c score(x, sigma) + sqrt(v) z_i``. ``None`` for :func:`sample_heun`.
+    """The steps `(sigma, c, v)` of a one-call-per-step sampler on `sigmas`: step `i` is
+    `x <- x + c score(x, sigma) + sqrt(v) z_i`. `None` for [`sample_heun`][].
 
     With these and noise drawn up front, a caller can run the whole loop as one traced
-    function (``DiffusionActor(compile_sampler=True)``).
+    function (`DiffusionActor(compile_sampler=True)`).
     """
     make = _STEPS.get(sampler)
     return None if make is None else make(sigmas.tolist())
@@ -70,10 +70,10 @@ def run_steps(
     noise: bool = True,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Integrate the steps of :func:`step_coefficients` (a caller that samples often computes
-    them once): step ``(sigma, c, v)`` is ``x += c * score(x, sigma) + sqrt(v) z``.
+    """Integrate the steps of [`step_coefficients`][] (a caller that samples often computes
+    them once): step `(sigma, c, v)` is `x += c * score(x, sigma) + sqrt(v) z`.
 
-    All the noise is drawn at once and ``x`` is updated in place (on a copy of the input).
+    All the noise is drawn at once and `x` is updated in place (on a copy of the input).
     """
     x = x.clone()
     z = draw_step_noise(len(steps), x, generator) if noise else None
@@ -85,7 +85,7 @@ def run_steps(
 
 
 def draw_step_noise(num_steps: int, x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """The noise of every step at once, ``[num_steps, *x.shape]``, as the samplers draw it."""
+    """The noise of every step at once, `[num_steps, *x.shape]`, as the samplers draw it."""
     return torch.randn((num_steps, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
 
 
@@ -99,10 +99,10 @@ def sample_euler_maruyama(
 ) -> Tensor:
     """Euler–Maruyama on the reverse VE SDE (the paper's sampler).
 
-    Step ``i`` goes from ``sigma_i`` to ``sigma_{i+1}`` with
-    ``x <- x + g^2 dtau * score(x, sigma_i) + sqrt(g^2 dtau) z`` where, on the geometric
-    schedule, ``g(tau_i)^2 dtau = 2 sigma_i^2 ln(sigma_i / sigma_{i+1})``. On the grid
-    ``GeometricSchedule.sigmas(1000)`` this is exactly the paper's 1000 uniform tau steps.
+    Step `i` goes from `sigma_i` to `sigma_{i+1}` with
+    `x <- x + g^2 dtau * score(x, sigma_i) + sqrt(g^2 dtau) z` where, on the geometric
+    schedule, `g(tau_i)^2 dtau = 2 sigma_i^2 ln(sigma_i / sigma_{i+1})`. On the grid
+    `GeometricSchedule.sigmas(1000)` this is exactly the paper's 1000 uniform tau steps.
 
     Examples:
         >>> from dqs_torchrl.schedules import geometric_sigmas
@@ -126,15 +126,15 @@ def sample_ancestral(
 ) -> Tensor:
     """Ancestral (DDPM-posterior) steps, variance-exact for a point mass at any step size.
 
-    With ``dv = sigma_i^2 - sigma_{i+1}^2`` (exactly the variance the forward process adds
-    between the two levels) each step draws from ``q(x_{i+1} | x_i, x_0)`` with ``x_0``
-    replaced by Tweedie's ``E[x_0 | x_i] = x_i + sigma_i^2 score``:
+    With `dv = sigma_i^2 - sigma_{i+1}^2` (exactly the variance the forward process adds
+    between the two levels) each step draws from `q(x_{i+1} | x_i, x_0)` with `x_0`
+    replaced by Tweedie's `E[x_0 | x_i] = x_i + sigma_i^2 score`:
 
-    ``x <- x + dv * score(x, sigma_i) + sqrt(dv * sigma_{i+1}^2 / sigma_i^2) z``.
+    `x <- x + dv * score(x, sigma_i) + sqrt(dv * sigma_{i+1}^2 / sigma_i^2) z`.
 
     The mean is the exact conditional mean of the reverse process; the variance misses only
-    ``(dv / sigma_i^2)^2 Var[x_0 | x_i]``, which shrinks the spread on coarse grids (use
-    more steps, or :func:`sample_heun`, when the width of the distribution matters).
+    `(dv / sigma_i^2)^2 Var[x_0 | x_i]`, which shrinks the spread on coarse grids (use
+    more steps, or [`sample_heun`][], when the width of the distribution matters).
 
     Examples:
         >>> from dqs_torchrl.schedules import geometric_sigmas
@@ -156,10 +156,10 @@ def sample_heun(
     noise: bool = True,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Heun's second-order method on the probability-flow ODE ``dx/dsigma = -sigma score``.
+    """Heun's second-order method on the probability-flow ODE `dx/dsigma = -sigma score`.
 
-    Deterministic given the starting point (``noise`` and ``generator`` are accepted for the
-    common signature and unused): all randomness comes from ``x ~ N(0, sigma_max^2)``. Two
+    Deterministic given the starting point (`noise` and `generator` are accepted for the
+    common signature and unused): all randomness comes from `x ~ N(0, sigma_max^2)`. Two
     score calls per step except the last (Karras et al. 2022, algorithm 1 without churn).
 
     Examples:
@@ -182,9 +182,9 @@ def sample_heun(
 
 
 def tweedie_denoise(score_fn: ScoreFn, x: Tensor, sigma: float) -> Tensor:
-    """One denoising step ``E[x_0 | x_sigma] = x + sigma^2 * score(x, sigma)`` (Tweedie).
+    """One denoising step `E[x_0 | x_sigma] = x + sigma^2 * score(x, sigma)` (Tweedie).
 
-    Used after a sampler stopped at a moderate ``sigma`` to remove the remaining noise.
+    Used after a sampler stopped at a moderate `sigma` to remove the remaining noise.
 
     Examples:
         >>> score = lambda x, sigma: -x / (1.0 + sigma**2)

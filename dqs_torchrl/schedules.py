@@ -1,14 +1,14 @@
 """The geometric variance-exploding (VE) noise schedule and sigma grids for the samplers.
 
-The forward process is ``x_tau = x_0 + sigma(tau) * eps`` with
+The forward process is `x_tau = x_0 + sigma(tau) * eps` with
 
-.. math::
-
-    \\sigma(\\tau) = \\sigma_{min} (\\sigma_{max} / \\sigma_{min})^{\\tau}, \\qquad
-    g(\\tau)^2 = \\frac{d\\sigma^2}{d\\tau} = 2 \\sigma(\\tau)^2 \\ln(\\sigma_{max}/\\sigma_{min}).
+$$
+\\sigma(\\tau) = \\sigma_{min} (\\sigma_{max} / \\sigma_{min})^{\\tau}, \\qquad
+g(\\tau)^2 = \\frac{d\\sigma^2}{d\\tau} = 2 \\sigma(\\tau)^2 \\ln(\\sigma_{max}/\\sigma_{min}).
+$$
 
 Grids are decreasing 1-D tensors of sigmas (first entry the prior's sigma), in the style of
-k-diffusion: the spacing is chosen here, the integrator in :mod:`dqs_torchrl.samplers`.
+k-diffusion: the spacing is chosen here, the integrator in [`dqs_torchrl.samplers`][].
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ def _check_num_steps(num_steps: int) -> None:
 
 
 class GeometricSchedule:
-    """Geometric VE schedule ``sigma(tau) = sigma_min * (sigma_max / sigma_min) ** tau``.
+    """Geometric VE schedule `sigma(tau) = sigma_min * (sigma_max / sigma_min) ** tau`.
 
     Args:
-        sigma_min: noise level at ``tau = 0`` (paper: 1e-5).
-        sigma_max: noise level at ``tau = 1``, the prior's standard deviation (paper: 1.0).
+        sigma_min: noise level at `tau = 0` (paper: 1e-5).
+        sigma_max: noise level at `tau = 1`, the prior's standard deviation (paper: 1.0).
 
     Examples:
         >>> schedule = GeometricSchedule(1e-5, 1.0)
@@ -61,21 +61,21 @@ class GeometricSchedule:
         self.log_ratio = math.log(self.sigma_max / self.sigma_min)
 
     def sigma(self, tau: Tensor) -> Tensor:
-        """Noise level at diffusion time ``tau`` in [0, 1]."""
+        """Noise level at diffusion time `tau` in [0, 1]."""
         return self.sigma_min * torch.exp(tau * self.log_ratio)
 
     def tau(self, sigma: Tensor) -> Tensor:
-        """Inverse of :meth:`sigma`: the diffusion time of a noise level."""
+        """Inverse of [`sigma`][]: the diffusion time of a noise level."""
         return torch.log(sigma / self.sigma_min) / self.log_ratio
 
     def g2(self, tau: Tensor) -> Tensor:
-        """Squared diffusion coefficient ``g(tau)^2 = 2 sigma(tau)^2 ln(sigma_max/sigma_min)``."""
+        """Squared diffusion coefficient `g(tau)^2 = 2 sigma(tau)^2 ln(sigma_max/sigma_min)`."""
         return 2.0 * self.sigma(tau) ** 2 * self.log_ratio
 
     def sigmas(self, num_steps: int, sigma_end: float | None = None) -> Tensor:
-        """The paper's grid: ``num_steps`` uniform steps in tau from ``sigma_max`` to ``sigma_end``.
+        """The paper's grid: `num_steps` uniform steps in tau from `sigma_max` to `sigma_end`.
 
-        ``sigma_end`` defaults to ``sigma_min`` (tau = 0). Uniform in tau is geometric in sigma.
+        `sigma_end` defaults to `sigma_min` (tau = 0). Uniform in tau is geometric in sigma.
         """
         return geometric_sigmas(
             num_steps, self.sigma_max, self.sigma_min if sigma_end is None else sigma_end
@@ -86,7 +86,7 @@ class GeometricSchedule:
 
 
 def geometric_sigmas(num_steps: int, sigma_max: float, sigma_end: float) -> Tensor:
-    """``num_steps + 1`` sigmas, geometrically spaced from ``sigma_max`` down to ``sigma_end``.
+    """`num_steps + 1` sigmas, geometrically spaced from `sigma_max` down to `sigma_end`.
 
     Examples:
         >>> geometric_sigmas(2, 1.0, 0.01)
@@ -98,7 +98,7 @@ def geometric_sigmas(num_steps: int, sigma_max: float, sigma_end: float) -> Tens
 
 
 def karras_sigmas(num_steps: int, sigma_max: float, sigma_end: float, rho: float = 7.0) -> Tensor:
-    """Karras et al. (2022) spacing: uniform in ``sigma ** (1 / rho)``; denser near ``sigma_end``.
+    """Karras et al. (2022) spacing: uniform in `sigma ** (1 / rho)`; denser near `sigma_end`.
 
     Examples:
         >>> s = karras_sigmas(4, 1.0, 1e-3)

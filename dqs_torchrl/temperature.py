@@ -1,8 +1,8 @@
 """The temperature T of the Boltzmann policy over training: scheduled, or controlled.
 
-:class:`TemperatureScheduler` sets ``T(frames)`` from a fixed schedule (the paper's);
-:class:`TemperatureController` adapts T towards a target entropy of the policy's actions,
-estimated from actor samples by :func:`squashed_entropy`.
+[`TemperatureScheduler`][] sets `T(frames)` from a fixed schedule (the paper's);
+[`TemperatureController`][] adapts T towards a target entropy of the policy's actions,
+estimated from actor samples by [`squashed_entropy`][].
 """
 
 from __future__ import annotations
@@ -44,19 +44,20 @@ def _fill(targets: Sequence[nn.Module], value: float) -> None:
 
 
 class TemperatureScheduler(TrainerHookBase):
-    """Sets ``T(frames)`` on every module it drives (actor and losses) as frames go by.
+    """Sets `T(frames)` on every module it drives (actor and losses) as frames go by.
 
-    Schedules, with ``p = min(frames / total_frames, 1)``:
+    Schedules, with `p = min(frames / total_frames, 1)`:
 
-    - ``"constant"``: ``T = initial`` (DMC in the paper: 0.05);
-    - ``"exponential"``: ``T = initial * (final / initial) ** p`` (maze: 10 -> 1);
-    - ``"linear"``: ``T = initial + (final - initial) * p``.
+    - `"constant"`: `T = initial` (DMC in the paper: 0.05);
+    - `"exponential"`: `T = initial * (final / initial) ** p` (maze: 10 -> 1);
+    - `"linear"`: `T = initial + (final - initial) * p`.
 
-    Each target must own a scalar ``temperature`` buffer (:class:`~dqs_torchrl.DiffusionActor`,
-    :class:`~dqs_torchrl.IDEMScoreLoss`, :class:`~dqs_torchrl.DoubleQLoss` do); it is updated
-    in place. Call :meth:`step` with the number of new frames, or register the scheduler as a
-    ``torchrl.trainers.Trainer`` hook (it counts the frames of each collected batch).
-    :class:`TemperatureController` takes the same slot and adapts T instead.
+    Each target must own a scalar `temperature` buffer
+    ([`DiffusionActor`][dqs_torchrl.DiffusionActor], [`IDEMScoreLoss`][dqs_torchrl.IDEMScoreLoss],
+    [`DoubleQLoss`][dqs_torchrl.DoubleQLoss] do); it is updated in place. Call [`step`][] with the
+    number of new frames, or register the scheduler as a `torchrl.trainers.Trainer` hook (it counts
+    the frames of each collected batch). [`TemperatureController`][] takes the same slot and adapts
+    T instead.
 
     Examples:
         >>> from dqs_torchrl import DiffusionActor, ScoreNetwork
@@ -110,7 +111,7 @@ class TemperatureScheduler(TrainerHookBase):
         _fill(self.targets, self.value)
 
     def step(self, frames: int = 1) -> None:
-        """Advance by ``frames`` environment frames and push the new T into the targets."""
+        """Advance by `frames` environment frames and push the new T into the targets."""
         if isinstance(frames, bool) or int(frames) != frames or frames < 0:
             raise ValueError(
                 f"frames must be an integer >= 0 (frames only move forward), got {frames!r}."
@@ -119,7 +120,7 @@ class TemperatureScheduler(TrainerHookBase):
         self._push()
 
     def __call__(self, batch: TensorDictBase) -> TensorDictBase:
-        """Trainer ``batch_process`` hook: count the batch's frames, return it unchanged."""
+        """Trainer `batch_process` hook: count the batch's frames, return it unchanged."""
         self.step(batch.numel())
         return batch
 
@@ -141,16 +142,16 @@ _TINY = 1e-12  # floor of distances and spreads: a collapsed sample set reads as
 def knn_entropy(samples: Tensor, k: int = 1) -> Tensor:
     """Kozachenko–Leonenko estimate of the differential entropy (nats) of each sample set.
 
-    For ``M`` samples ``y_i`` in ``R^d`` (the last two dimensions of ``samples``; any leading
-    batch shape) with ``eps_i`` the distance from ``y_i`` to its ``k``-th nearest neighbour,
+    For `M` samples `y_i` in `R^d` (the last two dimensions of `samples`; any leading
+    batch shape) with `eps_i` the distance from `y_i` to its `k`-th nearest neighbour,
 
-    .. math::
+    $$
+    \\hat H = \\psi(M) - \\psi(k) + \\log V_d + \\frac{d}{M} \\sum_i \\log \\epsilon_i,
+    \\qquad V_d = \\frac{\\pi^{d/2}}{\\Gamma(d/2 + 1)}.
+    $$
 
-        \\hat H = \\psi(M) - \\psi(k) + \\log V_d + \\frac{d}{M} \\sum_i \\log \\epsilon_i,
-        \\qquad V_d = \\frac{\\pi^{d/2}}{\\Gamma(d/2 + 1)}.
-
-    Each coordinate is first divided by its sample standard deviation ``s_j`` and
-    ``sum_j log s_j`` is added back (exact for a linear map): on anisotropic sets this removes
+    Each coordinate is first divided by its sample standard deviation `s_j` and
+    `sum_j log s_j` is added back (exact for a linear map): on anisotropic sets this removes
     most of the estimator's bias (docs/method.md has the measurements). Computed in float64.
 
     Examples:
@@ -176,20 +177,20 @@ def knn_entropy(samples: Tensor, k: int = 1) -> Tensor:
 
 
 def squashed_entropy(latent: Tensor, k: int = 1) -> Tensor:
-    """Entropy (nats) of the box-normalised action ``u = tanh(x)`` in ``[-1, 1]^d``, from
-    samples ``latent`` of shape ``[..., M, d]`` of the pre-tanh latent ``x``.
+    """Entropy (nats) of the box-normalised action `u = tanh(x)` in `[-1, 1]^d`, from
+    samples `latent` of shape `[..., M, d]` of the pre-tanh latent `x`.
 
-    By the change of variables ``u = tanh(x)``,
+    By the change of variables `u = tanh(x)`,
 
-    .. math::
+    $$
+    H(u) = H(x) + \\mathbb E \\sum_j \\log(1 - \\tanh^2 x_j),
+    $$
 
-        H(u) = H(x) + \\mathbb E \\sum_j \\log(1 - \\tanh^2 x_j),
-
-    with ``H(x)`` from :func:`knn_entropy` and the log-Jacobian exact per sample. The latent
+    with `H(x)` from [`knn_entropy`][] and the log-Jacobian exact per sample. The latent
     density is smooth and unbounded, so the estimate has none of the boundary bias of a
     nearest-neighbour estimate in the box, and actions saturated at a face (identical in
-    float32) stay distinct. For the action ``a = squash(x)`` on ``[low, high]``,
-    ``H(a) = H(u) + sum_j log((high_j - low_j) / 2)``.
+    float32) stay distinct. For the action `a = squash(x)` on `[low, high]`,
+    `H(a) = H(u) + sum_j log((high_j - low_j) / 2)`.
 
     Examples:
         >>> _ = torch.manual_seed(0)
@@ -201,9 +202,9 @@ def squashed_entropy(latent: Tensor, k: int = 1) -> Tensor:
 
 
 class ActionSampler(Protocol):
-    """What :class:`TemperatureController` needs of a policy: ``sample(observation, T)``
-    returning ``(action, latent)`` with ``action = squash(latent)``, as
-    :meth:`DiffusionActor.sample <dqs_torchrl.DiffusionActor.sample>` does."""
+    """What [`TemperatureController`][] needs of a policy: `sample(observation, T)`
+    returning `(action, latent)` with `action = squash(latent)`, as
+    [`DiffusionActor.sample`][dqs_torchrl.DiffusionActor.sample] does."""
 
     def sample(self, observation: Tensor, temperature: float) -> tuple[Tensor, Tensor]: ...
 
@@ -211,58 +212,58 @@ class ActionSampler(Protocol):
 class TemperatureController(TrainerHookBase):
     """Adapts T towards a target entropy of the policy's actions on the action box.
 
-    Every ``interval`` calls of :meth:`step` (one call per gradient update), it draws
-    ``num_samples`` actions from ``sampler`` at the current T for each of the first
-    ``num_states`` observations of the replay batch, estimates the entropy ``H`` of the
-    box-normalised action ``u = 2 (a - low) / (high - low) - 1`` in ``[-1, 1]^d`` (averaged over
-    the states, :func:`squashed_entropy`), and moves ``log T``:
+    Every `interval` calls of [`step`][] (one call per gradient update), it draws
+    `num_samples` actions from `sampler` at the current T for each of the first
+    `num_states` observations of the replay batch, estimates the entropy `H` of the
+    box-normalised action `u = 2 (a - low) / (high - low) - 1` in `[-1, 1]^d` (averaged over
+    the states, [`squashed_entropy`][]), and moves `log T`:
 
-    .. math::
+    $$
+    \\log T \\leftarrow \\mathrm{clip}\\Big(\\log T + \\eta\\,
+    \\mathrm{clip}\\big(\\tfrac{H^* - \\hat H}{d}, -1, 1\\big),\\
+    \\log T_{\\min}, \\log T_{\\max}\\Big).
+    $$
 
-        \\log T \\leftarrow \\mathrm{clip}\\Big(\\log T + \\eta\\,
-        \\mathrm{clip}\\big(\\tfrac{H^* - \\hat H}{d}, -1, 1\\big),\\
-        \\log T_{\\min}, \\log T_{\\max}\\Big).
+    The update is monotone because `dH/dT = Var_pi(Q) / T^3 >= 0` for
+    `pi ∝ exp(Q / T)`: too little entropy raises T, too much lowers it. Dividing the error by
+    `d` makes the gain independent of the action dimension (near a Gaussian mode
+    `dH/dlog T = d / 2`, so each step closes about `eta / 2` of the gap in `log T`); the
+    inner clip bounds one step to a factor `e^eta` in T whatever the estimate.
 
-    The update is monotone because ``dH/dT = Var_pi(Q) / T^3 >= 0`` for
-    ``pi ∝ exp(Q / T)``: too little entropy raises T, too much lowers it. Dividing the error by
-    ``d`` makes the gain independent of the action dimension (near a Gaussian mode
-    ``dH/dlog T = d / 2``, so each step closes about ``eta / 2`` of the gap in ``log T``); the
-    inner clip bounds one step to a factor ``e^eta`` in T whatever the estimate.
-
-    ``target_entropy="auto"`` is SAC's ``-d`` nats, here for ``u`` (so ``-1`` nat per action
+    `target_entropy="auto"` is SAC's `-d` nats, here for `u` (so `-1` nat per action
     dimension of the box-normalised action, whatever the box: the uniform policy has
-    ``d log 2``). For the action itself, ``H(a) = H(u) + sum_j log((high_j - low_j) / 2)``.
+    `d log 2`). For the action itself, `H(a) = H(u) + sum_j log((high_j - low_j) / 2)`.
 
-    Cost: ``num_states * num_samples`` actions through the sampler every ``interval`` updates
-    (default 8 x 64 = 512 every 10: one batched sampler call), plus ``num_states`` distance
-    matrices of ``num_samples^2`` entries.
+    Cost: `num_states * num_samples` actions through the sampler every `interval` updates
+    (default 8 x 64 = 512 every 10: one batched sampler call), plus `num_states` distance
+    matrices of `num_samples^2` entries.
 
     Early training: where Q is still flat the policy is near uniform at every T, its entropy
-    ``d log 2`` exceeds any reachable target, and T falls towards ``min_temperature`` until Q
-    has structure. ``warmup_steps`` holds T at ``initial`` for that many calls of
-    :meth:`step` (the estimate is still made and reported in :attr:`entropy`).
+    `d log 2` exceeds any reachable target, and T falls towards `min_temperature` until Q
+    has structure. `warmup_steps` holds T at `initial` for that many calls of
+    [`step`][] (the estimate is still made and reported in `entropy`).
 
-    Each target must own a ``temperature`` buffer, as for :class:`TemperatureScheduler`.
-    Use it in a plain loop (``controller.step(batch)`` after each update, ``batch`` the replay
-    sample or its observations) or as a ``torchrl.trainers.Trainer`` hook (:meth:`register`:
-    a ``process_optim_batch`` op that steps on each sampled batch).
+    Each target must own a `temperature` buffer, as for [`TemperatureScheduler`][].
+    Use it in a plain loop (`controller.step(batch)` after each update, `batch` the replay
+    sample or its observations) or as a `torchrl.trainers.Trainer` hook (`register`:
+    a `process_optim_batch` op that steps on each sampled batch).
 
     Args:
-        targets: the modules whose ``temperature`` buffers are set (actor and losses).
-        sampler: draws ``(action, latent)`` for observations at a temperature; the
-            :class:`~dqs_torchrl.DiffusionActor` (its EMA network, if any, as it acts).
+        targets: the modules whose `temperature` buffers are set (actor and losses).
+        sampler: draws `(action, latent)` for observations at a temperature; the
+            [`DiffusionActor`][dqs_torchrl.DiffusionActor] (its EMA network, if any, as it acts).
 
     Keyword Args:
-        target_entropy: ``"auto"`` (``-d``) or a number of nats of ``u``, below ``d log 2``.
+        target_entropy: `"auto"` (`-d`) or a number of nats of `u`, below `d log 2`.
         initial: the starting temperature.
-        lr: ``eta``, the step on ``log T`` per nat of error per action dimension.
+        lr: `eta`, the step on `log T` per nat of error per action dimension.
         min_temperature: lower clamp of T.
         max_temperature: upper clamp of T.
         num_states: observations of each batch used for the estimate.
-        num_samples: actions drawn per observation (``>= 2``).
-        interval: estimate (and update) every this many calls of :meth:`step`.
-        warmup_steps: calls of :meth:`step` before T starts to move.
-        action_dim: ``d``; defaults to the size of ``sampler.low`` (a ``DiffusionActor``'s).
+        num_samples: actions drawn per observation (`>= 2`).
+        interval: estimate (and update) every this many calls of [`step`][].
+        warmup_steps: calls of [`step`][] before T starts to move.
+        action_dim: `d`; defaults to the size of `sampler.low` (a `DiffusionActor`'s).
         observation_key: where the batch holds observations.
 
     Examples:
@@ -360,15 +361,15 @@ class TemperatureController(TrainerHookBase):
 
     @torch.no_grad()
     def estimate_entropy(self, observation: Tensor) -> float:
-        """Mean over ``observation`` (``[num_states, obs_dim]``) of the entropy of ``u`` under
-        the sampler at the current T (:func:`squashed_entropy`)."""
+        """Mean over `observation` (`[num_states, obs_dim]`) of the entropy of `u` under
+        the sampler at the current T ([`squashed_entropy`][])."""
         obs = observation.unsqueeze(-2).expand(*observation.shape[:-1], self.num_samples, -1)
         _, latent = self.sampler.sample(obs, self.value)
         return squashed_entropy(latent).mean().item()
 
     def step(self, batch: TensorDictBase | Tensor) -> None:
-        """Count one update; every ``interval``-th, estimate the entropy on the observations
-        of ``batch`` (a replay sample, or its observation tensor) and, past the warm-up, move
+        """Count one update; every `interval`-th, estimate the entropy on the observations
+        of `batch` (a replay sample, or its observation tensor) and, past the warm-up, move
         T and push it into the targets."""
         self.num_steps += 1
         if self.num_steps % self.interval:
@@ -385,7 +386,7 @@ class TemperatureController(TrainerHookBase):
         _fill(self.targets, self.value)
 
     def __call__(self, batch: TensorDictBase) -> TensorDictBase:
-        """Trainer ``process_optim_batch`` hook: step on the sampled batch, return it."""
+        """Trainer `process_optim_batch` hook: step on the sampled batch, return it."""
         self.step(batch)
         return batch
 

@@ -1,4 +1,4 @@
-"""``DQSTrainer``: DQS through ``torchrl.trainers.Trainer.train()``."""
+"""`DQSTrainer`: DQS through `torchrl.trainers.Trainer.train()`."""
 
 from __future__ import annotations
 
@@ -23,34 +23,34 @@ __all__ = ["DQSTrainer"]
 
 
 class DQSTrainer(Trainer):
-    """A ``torchrl.trainers.Trainer`` wired for DQS, in the style of TorchRL's ``SACTrainer``.
+    """A `torchrl.trainers.Trainer` wired for DQS, in the style of TorchRL's `SACTrainer`.
 
-    Hooks registered: the replay buffer (extend each collected batch, sample ``batch_size``
-    for each optimisation step), ``SoftUpdate`` of the target Q-networks and of the actor's EMA
-    after each optimiser step (``TargetNetUpdaterHook``), the
-    :class:`~dqs_torchrl.TemperatureScheduler` on every collected batch, and the mean training
-    reward on the progress bar. The collector and the loss share the actor module, so no weight
-    sync is needed on one device.
+    Hooks registered: the replay buffer (extend each collected batch, sample `batch_size` for each
+    optimisation step), `SoftUpdate` of the target Q-networks and of the actor's EMA after each
+    optimiser step (`TargetNetUpdaterHook`), the [`TemperatureScheduler`][] on every collected
+    batch, and the mean training reward on the progress bar. The collector and the loss share the
+    actor module, so no weight sync is needed on one device.
 
     Args:
-        collector: a TorchRL collector whose policy is the :class:`~dqs_torchrl.DiffusionActor`.
-        loss_module: a :class:`~dqs_torchrl.DQSLoss` (critic and score losses).
-        optimizer: one optimiser over ``loss_module.parameters()``.
+        collector: a TorchRL collector whose policy is the
+            [`DiffusionActor`][dqs_torchrl.DiffusionActor].
+        loss_module: a [`DQSLoss`][] (critic and score losses).
+        optimizer: one optimiser over `loss_module.parameters()`.
         replay_buffer: where collected transitions go.
         batch_size: transitions per optimisation step (paper: 256).
         total_frames: environment frames to train for.
 
     Keyword Args:
-        temperature_scheduler: optional; a :class:`~dqs_torchrl.TemperatureScheduler` is
-            stepped with the frames of every batch, a :class:`~dqs_torchrl.TemperatureController`
-            on every sampled optimisation batch.
-        target_net_updater: defaults to ``SoftUpdate(loss_module, tau=tau)``.
+        temperature_scheduler: optional; a [`TemperatureScheduler`][] is stepped with the
+            frames of every batch, a [`TemperatureController`][] on every sampled optimisation
+            batch.
+        target_net_updater: defaults to `SoftUpdate(loss_module, tau=tau)`.
         tau: Polyak coefficient of the default updater (paper: 0.005).
         optim_steps_per_batch: defaults to one update per collected frame (the paper's ratio).
         clip_norm: gradient-norm clip (10 stabilised score training in our prototype).
-        **kwargs: passed on to ``Trainer`` (``logger``, ``progress_bar``, ``log_interval``...).
+        **kwargs: passed on to `Trainer` (`logger`, `progress_bar`, `log_interval`...).
 
-    See ``tests/test_integration.py`` for a complete run on a dm_control task.
+    See `tests/test_integration.py` for a complete run on a dm_control task.
     """
 
     def __init__(

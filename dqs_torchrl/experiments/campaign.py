@@ -1,4 +1,4 @@
-"""``dqs-campaign``: run recipe runs to completion, a few at a time, across interruptions.
+"""`dqs-campaign`: run recipe runs to completion, a few at a time, across interruptions.
 
     dqs-campaign status                 # every run of the campaign and its state
     dqs-campaign run --jobs 2           # start or resume what is not finished
@@ -6,25 +6,25 @@
     dqs-campaign collect                # copy each run's eval.csv into the docs
     dqs-campaign report                 # figures + tables from the copied CSVs
 
-(``python recipes/campaign.py ...`` from a clone runs the same ``main``.) The campaign is a YAML
-file (default ``configs/campaign/results.yaml`` beside this file: the runs of the results page,
+(`python recipes/campaign.py ...` from a clone runs the same `main`.) The campaign is a YAML
+file (default `configs/campaign/results.yaml` beside this file: the runs of the results page,
 docs/results.md): a run root (outside the repository, so that re-cloning it loses nothing),
-the overrides every run shares, and groups of runs (``recipe`` dmc or maze, ``algos``,
-``tasks``, ``seeds``, extra ``overrides``). An entry of ``algos`` is an algorithm name
-(``dqs``, ``sac``, ``qsm``) or a variant
-``{name: dqs-unbounded, algo: dqs, overrides: [algo.energy=unbounded]}``; a run lives in
-``<root>/<task>/<name>/seed<seed>`` (the layout ``dqs-plot`` reads). Each run is started as
-``python -m dqs_torchrl.experiments.dqs_dmc`` (or ``dqs_maze``) with the interpreter running
+the overrides every run shares, and groups of runs (`recipe` dmc or maze, `algos`,
+`tasks`, `seeds`, extra `overrides`). An entry of `algos` is an algorithm name
+(`dqs`, `sac`, `qsm`) or a variant
+`{name: dqs-unbounded, algo: dqs, overrides: [algo.energy=unbounded]}`; a run lives in
+`<root>/<task>/<name>/seed<seed>` (the layout `dqs-plot` reads). Each run is started as
+`python -m dqs_torchrl.experiments.dqs_dmc` (or `dqs_maze`) with the interpreter running
 the campaign.
 
-``run`` skips finished runs (their ``eval.csv`` reaches the run's total frames) and runs
+`run` skips finished runs (their `eval.csv` reaches the run's total frames) and runs
 another process holds (the run directory's lock), resumes
-interrupted ones (``resume=true`` when a checkpoint exists) and starts the others, in file
-order, ``--jobs`` at a time, each process with one torch thread; a run's output goes to
-``<run dir>.log``. Stop it at any time (Ctrl-C, end of a job allocation): the next ``run``
-continues from the last checkpoints. ``collect`` copies ``eval.csv`` of every run that has
-evaluated into ``--data`` (default ``docs/results/campaign`` under the current directory,
-the repository root: small text, committed), and ``report`` redraws every figure and table of
+interrupted ones (`resume=true` when a checkpoint exists) and starts the others, in file
+order, `--jobs` at a time, each process with one torch thread; a run's output goes to
+`<run dir>.log`. Stop it at any time (Ctrl-C, end of a job allocation): the next `run`
+continues from the last checkpoints. `collect` copies `eval.csv` of every run that has
+evaluated into `--data` (default `docs/results/campaign` under the current directory,
+the repository root: small text, committed), and `report` redraws every figure and table of
 docs/results.md from there alone.
 """
 
@@ -77,7 +77,7 @@ class Run:
         return any((self.path(root) / "checkpoints").glob("ckpt_*.pt"))
 
     def is_running(self, root: Path) -> bool:
-        """Whether a process holds the run directory's lock (``harness.rundir``)."""
+        """Whether a process holds the run directory's lock (`harness.rundir`)."""
         lock = self.path(root) / ".lock"
         if not lock.exists():
             return False
@@ -129,7 +129,7 @@ def _eval_rows(path: Path) -> list[dict[str, str]]:
 def load_spec(path: Path) -> tuple[Path, list[Run]]:
     """The run root and the runs of a campaign file, in file order.
 
-    Raises ``ValueError`` naming the group and field when the file is malformed.
+    Raises `ValueError` naming the group and field when the file is malformed.
     """
     spec = yaml.safe_load(Path(path).read_text())
     root = Path(os.path.expanduser(str(spec.get("root", "~/dqs-runs"))))
@@ -185,7 +185,7 @@ def status(root: Path, runs: list[Run]) -> str:
 
 
 def run_all(root: Path, runs: list[Run], jobs: int, poll_s: float = 5.0) -> int:
-    """Start or resume every unfinished run, ``jobs`` at a time; the number that failed."""
+    """Start or resume every unfinished run, `jobs` at a time; the number that failed."""
     todo = [r for r in runs if r.state(root) != "finished"]
     skipped = [r for r in todo if r.state(root) in ("started, no checkpoint", "running")]
     for r in skipped:
@@ -239,9 +239,9 @@ def run_all(root: Path, runs: list[Run], jobs: int, poll_s: float = 5.0) -> int:
 
 
 def train_summary(run_dir: Path, window: int = 10_000) -> list[dict[str, float]]:
-    """The run's scalar train logs (TorchRL CSV logger: ``logs/*/scalars/train/<name>.csv``,
-    rows ``frames,value``) averaged over windows of ``window`` frames: one row per window,
-    ``frames`` its end, one column per logged quantity (action saturation, Q, ESS, losses)."""
+    """The run's scalar train logs (TorchRL CSV logger: `logs/*/scalars/train/<name>.csv`,
+    rows `frames,value`) averaged over windows of `window` frames: one row per window,
+    `frames` its end, one column per logged quantity (action saturation, Q, ESS, losses)."""
     sums: dict[int, dict[str, list[float]]] = {}
     for path in sorted(run_dir.glob("logs/*/scalars/train/*.csv")):
         with open(path, newline="") as f:
@@ -259,8 +259,8 @@ def train_summary(run_dir: Path, window: int = 10_000) -> list[dict[str, float]]
 
 
 def collect(root: Path, runs: list[Run], data: Path) -> int:
-    """Copy ``eval.csv`` of every run that has evaluated to ``data/<task>/<name>/seed<k>/``,
-    with ``train.csv``: its train logs averaged per 10k frames (:func:`train_summary`)."""
+    """Copy `eval.csv` of every run that has evaluated to `data/<task>/<name>/seed<k>/`,
+    with `train.csv`: its train logs averaged per 10k frames ([`train_summary`][])."""
     copied = 0
     for r in runs:
         src = r.path(root) / "eval.csv"
@@ -292,16 +292,16 @@ def _mean_curve(seeds: list[dict[str, list[float]]]) -> tuple[list[float], list[
 
 
 def _k(frames: float) -> str:
-    """``50000 -> "50k"``; counts that are not whole thousands stay as they are."""
+    """`50000 -> "50k"`; counts that are not whole thousands stay as they are."""
     return f"{int(frames) // 1000}k" if int(frames) % 1000 == 0 else f"{int(frames)}"
 
 
 def claim_table(
     found: dict, at: tuple[int, ...] = (50_000, 100_000), fraction: float = 0.5, baseline="sac"
 ) -> str:
-    """Per task and method: mean return at the frames ``at`` (seeds in brackets) and the first
-    evaluated frame count where the mean return reaches ``fraction`` of the baseline's mean
-    return at ``at[-1]``. A method with no evaluation at a frame count shows ``-``."""
+    """Per task and method: mean return at the frames `at` (seeds in brackets) and the first
+    evaluated frame count where the mean return reaches `fraction` of the baseline's mean
+    return at `at[-1]`. A method with no evaluation at a frame count shows `-`."""
     header = [f"return at {_k(a)}" for a in at]
     lines = [
         f"| task | method | {' | '.join(header)} | frames to {fraction:.0%} of "
@@ -327,7 +327,7 @@ def claim_table(
 
 
 def plot_train_metric(data: Path, task: str, metric: str, path: Path) -> bool:
-    """One line per method and seed of a ``train.csv`` column against frames; False if none."""
+    """One line per method and seed of a `train.csv` column against frames; False if none."""
     fig, ax = agg_figure((5, 3.5))
     drawn = False
     for train_csv in sorted((data / task).glob("*/seed*/train.csv")):

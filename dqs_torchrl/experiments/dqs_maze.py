@@ -1,12 +1,12 @@
-"""``dqs-maze``: DQS (or ``algo=sac|qsm``) on the two-goal PointMaze of the paper's figure 2.
+"""`dqs-maze`: DQS (or `algo=sac|qsm`) on the two-goal PointMaze of the paper's figure 2.
 
     dqs-maze
     dqs-maze algo=sac seed=1
 
-``python recipes/dqs_maze.py`` runs the same ``main``. Each evaluation writes
-``trajectories.png`` (the 100 evaluation trajectories) and adds the count of episodes ending at
-each goal, and through each route to the top-left goal, to ``eval.csv``; runs go to
-``runs/two-goal-maze/<algo>/seed<seed>/``. The config is ``configs/dqs_maze.yaml``.
+`python recipes/dqs_maze.py` runs the same `main`. Each evaluation writes
+`trajectories.png` (the 100 evaluation trajectories) and adds the count of episodes ending at
+each goal, and through each route to the top-left goal, to `eval.csv`; runs go to
+`runs/two-goal-maze/<algo>/seed<seed>/`. The config is `configs/dqs_maze.yaml`.
 """
 
 import hydra

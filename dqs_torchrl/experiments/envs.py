@@ -19,8 +19,8 @@ __all__ = ["make_dmc_env", "split_task"]
 
 
 def _headless_mujoco_gl() -> None:
-    """Set ``MUJOCO_GL=disable`` (no OpenGL context: silences GLFW's display warning on a
-    headless machine) unless the user chose a backend, e.g. ``MUJOCO_GL=egl`` for pixels.
+    """Set `MUJOCO_GL=disable` (no OpenGL context: silences GLFW's display warning on a
+    headless machine) unless the user chose a backend, e.g. `MUJOCO_GL=egl` for pixels.
 
     dm_control and gymnasium read the variable when they are first imported, so this runs in
     the env factories, before their imports, and never at import time of this package.
@@ -29,7 +29,7 @@ def _headless_mujoco_gl() -> None:
 
 
 def split_task(task: str) -> tuple[str, str]:
-    """``"cheetah-run"`` -> ``("cheetah", "run")``; ``ValueError`` for an unknown task.
+    """`"cheetah-run"` -> `("cheetah", "run")`; `ValueError` for an unknown task.
 
     Examples:
         >>> split_task("cheetah-run")
@@ -54,11 +54,11 @@ def make_dmc_env(
     device: str = "cpu",
     max_episode_steps: int | None = None,
 ) -> TransformedEnv:
-    """A state-based dm_control task with observations concatenated into ``"observation"``.
+    """A state-based dm_control task with observations concatenated into `"observation"`.
 
-    Transforms: ``CatTensors`` (all state entries -> ``observation``), ``DoubleToFloat``,
-    ``StepCounter`` (optionally truncating at ``max_episode_steps``) and ``RewardSum``
-    (``episode_reward``). dm_control's 1000-step limit arrives as ``truncated``, so TD targets
+    Transforms: `CatTensors` (all state entries -> `observation`), `DoubleToFloat`,
+    `StepCounter` (optionally truncating at `max_episode_steps`) and `RewardSum`
+    (`episode_reward`). dm_control's 1000-step limit arrives as `truncated`, so TD targets
     bootstrap through it.
 
     Examples:

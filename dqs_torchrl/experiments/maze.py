@@ -1,28 +1,30 @@
 """The two-goal PointMaze of the paper's figure 2, as a TorchRL environment.
 
-A ball (gymnasium-robotics ``PointMaze``) starts near the centre of a small maze. Two goals,
+A ball (gymnasium-robotics `PointMaze`) starts near the centre of a small maze. Two goals,
 top-left and bottom-right, are equally good: the reward is minus the Euclidean distance to the
 *nearest* goal, so the optimal policy is multimodal. The top-left goal is reachable by two
 corridors (up then left along the top row, or left then up along the left column, the two
-separated by a wall block); the bottom-right goal by one (right, then down)::
+separated by a wall block); the bottom-right goal by one (right, then down):
 
-    # # # # # # #       row 0     y = +3.5 .. +2.5
-    # G . . # # #       row 1     G (-2, +2): top-left goal
-    # . # . # # #       row 2
-    # . . S . . #       row 3     S ( 0,  0): start, uniform noise +-0.25 in x and y
-    # # # # # . #       row 4
-    # # # # # G #       row 5     G (+2, -2): bottom-right goal
-    # # # # # # #       row 6
+```text
+# # # # # # #       row 0     y = +3.5 .. +2.5
+# G . . # # #       row 1     G (-2, +2): top-left goal
+# . # . # # #       row 2
+# . . S . . #       row 3     S ( 0,  0): start, uniform noise +-0.25 in x and y
+# # # # # . #       row 4
+# # # # # G #       row 5     G (+2, -2): bottom-right goal
+# # # # # # #       row 6
+```
 
 Coordinates are gymnasium-robotics': one unit per cell, origin at the maze centre, x to the
-right, y *up* (row 0 is the top), so cell ``(row, col)`` has centre
-``(col + 0.5 - 3.5, 3.5 - row - 0.5)``.
+right, y *up* (row 0 is the top), so cell `(row, col)` has centre
+`(col + 0.5 - 3.5, 3.5 - row - 0.5)`.
 
-An episode terminates (``terminated``) when the ball comes within :data:`GOAL_RADIUS` of either
-goal, and is truncated (``truncated``) after ``max_episode_steps``. The rewards are all
+An episode terminates (`terminated`) when the ball comes within [`GOAL_RADIUS`][] of either
+goal, and is truncated (`truncated`) after `max_episode_steps`. The rewards are all
 negative, so reaching a goal (an absorbing state of value 0) sooner is always better and the
 critic gets a bootstrap-free target at the goal; a goal is the only way to end an episode
-early, so termination cannot be exploited. ``terminate_at_goal=False`` keeps going to the time
+early, so termination cannot be exploited. `terminate_at_goal=False` keeps going to the time
 limit instead (the ball then parks at a goal, reward close to 0).
 """
 
@@ -65,7 +67,7 @@ __all__ = [
     "point_maze",
 ]
 
-#: gymnasium-robotics ``maze_map``: 1 = wall, 0 = free, "r" = the reset (start) cell,
+#: gymnasium-robotics `maze_map`: 1 = wall, 0 = free, "r" = the reset (start) cell,
 #: "g" = a goal cell. Row 0 is the top of the maze.
 MAZE_MAP: list[list[int | str]] = [
     [1, 1, 1, 1, 1, 1, 1],
@@ -87,12 +89,12 @@ _TOP_LEFT_CELL, _BOTTOM_RIGHT_CELL, _START_CELL = (1, 1), (5, 5), (3, 3)
 _ROUTE_CELLS = {"upper": (1, 2), "left": (2, 1)}
 
 GOAL_NAMES: tuple[str, str] = ("top_left", "bottom_right")
-#: The labels :func:`classify_episode` gives and :func:`count_outcomes` counts.
+#: The labels `classify_episode` gives and `count_outcomes` counts.
 OUTCOMES: tuple[str, ...] = ("top_left_via_upper", "top_left_via_left", "bottom_right", "none")
 
 
 def cell_center(row: int, col: int) -> tuple[float, float]:
-    """The ``(x, y)`` centre of maze cell ``(row, col)`` in the env's coordinates.
+    """The `(x, y)` centre of maze cell `(row, col)` in the env's coordinates.
 
     Examples:
         >>> cell_center(1, 1), cell_center(3, 3)
@@ -102,24 +104,24 @@ def cell_center(row: int, col: int) -> tuple[float, float]:
 
 
 def _cell_of(xy: Tensor) -> tuple[Tensor, Tensor]:
-    """``(row, col)`` cell indices of positions ``xy[..., 2]``."""
+    """`(row, col)` cell indices of positions `xy[..., 2]`."""
     row = torch.floor(_ROWS / 2 - xy[..., 1]).long()
     col = torch.floor(xy[..., 0] + _COLS / 2).long()
     return row, col
 
 
-#: ``[2, 2]``: the ``(x, y)`` of the top-left and the bottom-right goal.
+#: `[2, 2]`: the `(x, y)` of the top-left and the bottom-right goal.
 GOALS: Tensor = torch.tensor([cell_center(*_TOP_LEFT_CELL), cell_center(*_BOTTOM_RIGHT_CELL)])
 #: Centre of the start cell; the ball starts uniformly within +-0.25 of it in x and y.
 START: tuple[float, float] = cell_center(*_START_CELL)
 
 
 class TwoGoalMaze(gym.Wrapper):
-    """PointMaze with a flat ``(x, y, vx, vy)`` observation and the two-goal reward.
+    """PointMaze with a flat `(x, y, vx, vy)` observation and the two-goal reward.
 
-    Reward = minus the distance to the nearest of ``goals``; ``terminated`` once within
-    ``radius`` of one (if ``terminate_at_goal``). PointMaze's own single, noisy goal
-    (``desired_goal``) is dropped and plays no part. ``info["goal"]`` is the index of the goal
+    Reward = minus the distance to the nearest of `goals`; `terminated` once within
+    `radius` of one (if `terminate_at_goal`). PointMaze's own single, noisy goal
+    (`desired_goal`) is dropped and plays no part. `info["goal"]` is the index of the goal
     reached (-1 for none).
 
     Examples:
@@ -165,8 +167,8 @@ class TwoGoalMaze(gym.Wrapper):
 
 
 def point_maze() -> gym.Env:
-    """gymnasium-robotics' ``PointMazeEnv`` on :data:`MAZE_MAP`, unwrapped: dict observations,
-    its own single goal, never terminating (``continuing_task=True``, ``reset_target=False``).
+    """gymnasium-robotics' `PointMazeEnv` on [`MAZE_MAP`][], unwrapped: dict observations,
+    its own single goal, never terminating (`continuing_task=True`, `reset_target=False`).
 
     Examples:
         >>> sorted(point_maze().observation_space.spaces)
@@ -192,13 +194,13 @@ def make_maze_env(
     device: str | torch.device = "cpu",
     terminate_at_goal: bool = True,
 ) -> TransformedEnv:
-    """The two-goal maze as a TorchRL env: ``"observation"`` = float32 ``(x, y, vx, vy)``,
-    ``"action"`` = 2-D force in ``[-1, 1]``, reward = minus the distance to the nearest goal.
+    """The two-goal maze as a TorchRL env: `"observation"` = float32 `(x, y, vx, vy)`,
+    `"action"` = 2-D force in `[-1, 1]`, reward = minus the distance to the nearest goal.
 
-    Transforms: ``DoubleToFloat``, ``StepCounter`` (``truncated`` after ``max_episode_steps``)
-    and ``RewardSum`` (``episode_reward``). ``seed`` seeds the start-position noise; random
-    actions (``env.rand_action``) draw from torch's global generator, so seed that too
-    (``torch.manual_seed``) for a reproducible random rollout. One env step is 0.01 s of
+    Transforms: `DoubleToFloat`, `StepCounter` (`truncated` after `max_episode_steps`)
+    and `RewardSum` (`episode_reward`). `seed` seeds the start-position noise; random
+    actions (`env.rand_action`) draw from torch's global generator, so seed that too
+    (`torch.manual_seed`) for a reproducible random rollout. One env step is 0.01 s of
     simulation; the ball's speed is clipped near 5, i.e. about 0.05 per step.
 
     Examples:
@@ -222,8 +224,8 @@ def make_maze_env(
 
 
 def episode_xy(rollout: Any) -> Tensor:
-    """Ball positions ``[T + 1, 2]`` of one episode from an ``env.rollout`` TensorDict ``[T]``:
-    the ``T`` pre-step observations plus the final next observation.
+    """Ball positions `[T + 1, 2]` of one episode from an `env.rollout` TensorDict `[T]`:
+    the `T` pre-step observations plus the final next observation.
 
     Examples:
         >>> from tensordict import TensorDict
@@ -237,13 +239,13 @@ def episode_xy(rollout: Any) -> Tensor:
 
 
 def classify_episode(xy: Tensor, radius: float = GOAL_RADIUS) -> dict[str, Any]:
-    """Which goal a trajectory ``xy[T, 2]`` reached first and, for top-left, by which route.
+    """Which goal a trajectory `xy[T, 2]` reached first and, for top-left, by which route.
 
-    Returns ``{"goal", "route", "outcome", "step"}``: ``goal`` is ``"top_left"``,
-    ``"bottom_right"`` or ``None``; ``route`` is ``"upper"`` (up, then left along the top row)
-    or ``"left"`` (left, then up along the left column) for top-left, ``"right"`` for
-    bottom-right and ``None`` otherwise; ``outcome`` is one of :data:`OUTCOMES`; ``step`` is
-    the first index within ``radius`` of a goal (``None`` if never). The top-left route is the
+    Returns `{"goal", "route", "outcome", "step"}`: `goal` is `"top_left"`,
+    `"bottom_right"` or `None`; `route` is `"upper"` (up, then left along the top row)
+    or `"left"` (left, then up along the left column) for top-left, `"right"` for
+    bottom-right and `None` otherwise; `outcome` is one of [`OUTCOMES`][]; `step` is
+    the first index within `radius` of a goal (`None` if never). The top-left route is the
     corridor cell next to the goal that the ball was in *last* before arriving, so an excursion
     into one corridor followed by the other route counts as the other route. (If neither cell
     was visited, which only sub-sampled trajectories allow, the one nearer the arrival point.)
@@ -278,7 +280,7 @@ def classify_episode(xy: Tensor, radius: float = GOAL_RADIUS) -> dict[str, Any]:
 
 
 def count_outcomes(trajectories: Iterable[Tensor]) -> dict[str, int]:
-    """How many trajectories ``xy[T, 2]`` ended in each of :data:`OUTCOMES` (all keys present).
+    """How many trajectories `xy[T, 2]` ended in each of [`OUTCOMES`][] (all keys present).
 
     Examples:
         >>> down = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [2.0, -1.0], [2.0, -1.8]])
@@ -303,8 +305,8 @@ def plot_trajectories(
     trajectories: Sequence[Tensor], path: str | os.PathLike, title: str = ""
 ) -> str:
     """Draw the maze, the goals (star, reach radius dashed), the start and the trajectories
-    ``xy[T, 2]`` (coloured by :func:`classify_episode` outcome, counts in the legend), as in
-    the paper's figure 2, and save a PNG to ``path`` (Agg backend; pyplot is not touched).
+    `xy[T, 2]` (coloured by [`classify_episode`][] outcome, counts in the legend), as in
+    the paper's figure 2, and save a PNG to `path` (Agg backend; pyplot is not touched).
 
     Examples:
         >>> import os, tempfile

@@ -1,17 +1,17 @@
-"""``dqs-plot``: aggregate many runs into the paper's plots and an rliable IQM across tasks.
+"""`dqs-plot`: aggregate many runs into the paper's plots and an rliable IQM across tasks.
 
     dqs-plot                                # reads runs/<task>/<algo>/seed*/eval.csv
     dqs-plot --runs runs --out runs/plots --scale 1000
 
-(``python recipes/plot.py`` from a clone runs the same ``main``.) For each task: evaluation
+(`python recipes/plot.py` from a clone runs the same `main`.) For each task: evaluation
 return against frames, the mean over seeds with a min/max band (the paper's figure 4 style),
 one line per algorithm. Across tasks: the interquartile mean (IQM) of the final returns divided
-by ``--scale`` (1000 for DMC), with 95% stratified bootstrap intervals from rliable, written as
-a table (``iqm.md``) and a plot (``iqm.png``); and rliable's performance profile of the same
+by `--scale` (1000 for DMC), with 95% stratified bootstrap intervals from rliable, written as
+a table (`iqm.md`) and a plot (`iqm.png`); and rliable's performance profile of the same
 scores, the fraction of runs x tasks whose score exceeds each threshold tau, with 95% bootstrap
-bands (``performance_profile.png``, its numbers in ``performance_profile.csv``).
+bands (`performance_profile.png`, its numbers in `performance_profile.csv`).
 
-Figures are drawn on matplotlib's Agg canvas (``harness.plotting.agg_figure``), so neither
+Figures are drawn on matplotlib's Agg canvas (`harness.plotting.agg_figure`), so neither
 importing this module nor running it switches the global matplotlib backend.
 """
 
@@ -28,7 +28,7 @@ from dqs_torchrl.experiments.harness.plotting import agg_figure, read_eval_csv
 
 
 def collect(runs: Path) -> dict[str, dict[str, list[dict[str, list[float]]]]]:
-    """``{task: {algo: [eval columns of each seed]}}`` from ``runs/<task>/<algo>/seed*/``."""
+    """`{task: {algo: [eval columns of each seed]}}` from `runs/<task>/<algo>/seed*/`."""
     found: dict = defaultdict(lambda: defaultdict(list))
     for csv_path in sorted(runs.glob("*/*/seed*/eval.csv")):
         data = read_eval_csv(csv_path)
@@ -38,7 +38,7 @@ def collect(runs: Path) -> dict[str, dict[str, list[dict[str, list[float]]]]]:
 
 
 def aligned(seeds: list[dict[str, list[float]]]) -> tuple[np.ndarray, np.ndarray]:
-    """Frames evaluated by every seed, and the returns there: ``[seeds, frames]``."""
+    """Frames evaluated by every seed, and the returns there: `[seeds, frames]`."""
     common = sorted(set.intersection(*(set(s["frames"]) for s in seeds)))
     returns = [
         [dict(zip(s["frames"], s["return_mean"], strict=True))[f] for f in common] for s in seeds
@@ -62,7 +62,7 @@ def plot_task(task: str, algos: dict, path: Path) -> None:
 
 
 def final_scores(found: dict, scale: float) -> dict[str, np.ndarray]:
-    """Final returns / ``scale`` as rliable wants them: ``{algo: [runs, tasks]}``, tasks in
+    """Final returns / `scale` as rliable wants them: `{algo: [runs, tasks]}`, tasks in
     sorted order, for the algorithms that ran every task with the same number of seeds."""
     by_algo: dict[str, list[np.ndarray]] = defaultdict(list)
     for task in sorted(found):
@@ -121,15 +121,17 @@ def iqm_table(found: dict, scale: float, out: Path, reps: int) -> str:
 def performance_profile(found: dict, scale: float, out: Path, reps: int, num_taus: int) -> str:
     """rliable's score distribution of the final normalised returns, with bootstrap bands.
 
-    For each algorithm with scores ``x[n, m]`` (run n of N, task m of M) and each threshold
-    tau, the fraction of runs x tasks that score above it (Agarwal et al. 2021)::
+    For each algorithm with scores `x[n, m]` (run n of N, task m of M) and each threshold
+    tau, the fraction of runs x tasks that score above it (Agarwal et al. 2021):
 
-        F(tau) = 1 / (N M) * sum_n sum_m 1[x[n, m] > tau]
+    $$
+    F(\\tau) = \\frac{1}{N M} \\sum_{n=1}^N \\sum_{m=1}^M \\mathbb 1[x_{n m} > \\tau]
+    $$
 
-    on ``num_taus`` evenly spaced thresholds from ``min(0, lowest score)`` to the highest
+    on `num_taus` evenly spaced thresholds from `min(0, lowest score)` to the highest
     score, with 95% stratified bootstrap intervals (runs resampled within each task). Writes
-    ``performance_profile.png`` and the numbers it plots, ``performance_profile.csv``
-    (``tau, algorithm, fraction, ci_low, ci_high``).
+    `performance_profile.png` and the numbers it plots, `performance_profile.csv`
+    (`tau, algorithm, fraction, ci_low, ci_high`).
     """
     from rliable import library as rly
     from rliable import plot_utils

@@ -1,4 +1,4 @@
-"""DQS objectives: TorchRL ``LossModule`` subclasses."""
+"""DQS objectives: TorchRL `LossModule` subclasses."""
 
 from dqs_torchrl.objectives.double_q import DoubleQLoss
 from dqs_torchrl.objectives.dqs import DQSLoss

@@ -1,4 +1,4 @@
-"""``DoubleQLoss``: policy evaluation for DQS with two Q-networks and Polyak targets."""
+"""`DoubleQLoss`: policy evaluation for DQS with two Q-networks and Polyak targets."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ __all__ = ["DoubleQLoss", "check_critic_keys"]
 def check_critic_keys(
     critic: TensorDictModule, observation: NestedKey, action: NestedKey, value: NestedKey
 ) -> None:
-    """Raise ``ValueError`` unless ``critic`` reads ``observation`` and ``action`` and writes
-    ``value``."""
+    """Raise `ValueError` unless `critic` reads `observation` and `action` and writes
+    `value`."""
     in_keys, out_keys = list(getattr(critic, "in_keys", [])), list(getattr(critic, "out_keys", []))
     missing = [k for k in (observation, action) if k not in in_keys]
     if missing or value not in out_keys:
@@ -51,50 +51,50 @@ class DoubleQLoss(LossModule):
 
     With the default TD(0) estimator,
 
-    .. math::
-
-        y = r + \\gamma (1 - \\mathrm{terminated}) V(s'), \\quad
-        V(s') = \\min_j \\bar Q_j(s', a'), \\quad
-        a' \\sim \\pi_\\phi(\\cdot|s') \\text{ at the loss's temperature}, \\qquad
-        \\mathcal L = \\sum_j \\mathbb E (Q_j(s, a) - y)^2.
+    $$
+    y = r + \\gamma (1 - \\mathrm{terminated}) V(s'), \\quad
+    V(s') = \\min_j \\bar Q_j(s', a'), \\quad
+    a' \\sim \\pi_\\phi(\\cdot|s') \\text{ at the loss's temperature}, \\qquad
+    \\mathcal L = \\sum_j \\mathbb E (Q_j(s, a) - y)^2.
+    $$
 
     There is no entropy bonus: DQS's Q is the plain Q of its Boltzmann policy. The two
-    Q-networks are functional copies of ``qvalue_network`` (re-drawn by TorchRL's
-    ``convert_to_functional``: the module passed in is a template, not the trained critic);
-    their Polyak targets are found by ``SoftUpdate(loss, tau=0.005)``. Bootstrapping uses
-    ``("next", "terminated")``, so time limits (``truncated``) bootstrap as they should.
+    Q-networks are functional copies of `qvalue_network` (re-drawn by TorchRL's
+    `convert_to_functional`: the module passed in is a template, not the trained critic);
+    their Polyak targets are found by `SoftUpdate(loss, tau=0.005)`. Bootstrapping uses
+    `("next", "terminated")`, so time limits (`truncated`) bootstrap as they should.
 
-    The target comes from :meth:`make_value_estimator` (discount ``gamma=...``): TD(0), TD(1)
-    or TD(lambda), given as TorchRL's ``ValueEstimators`` value, an estimator class or an
-    instance. Each is fed the next-state values ``V(s')`` above; TD(1) and TD(lambda) then
+    The target comes from [`make_value_estimator`][] (discount `gamma=...`): TD(0), TD(1)
+    or TD(lambda), given as TorchRL's `ValueEstimators` value, an estimator class or an
+    instance. Each is fed the next-state values `V(s')` above; TD(1) and TD(lambda) then
     mix them along the time dimension (the last batch dimension, or the one named
-    ``"time"``): ``y_t = r_t + gamma (1 - terminated_t) ((1 - lambda) V(s_{t+1}) + lambda
-    y_{t+1})``, cut at ``("next", "done")`` and bootstrapped at the last step. Those need
-    batches of trajectories (``[batch, time]``, or the flat slices of TorchRL's
-    ``SliceSampler``, which marks slice ends ``done``), not independently drawn
+    `"time"`): `y_t = r_t + gamma (1 - terminated_t) ((1 - lambda) V(s_{t+1}) + lambda
+    y_{t+1})`, cut at `("next", "done")` and bootstrapped at the last step. Those need
+    batches of trajectories (`[batch, time]`, or the flat slices of TorchRL's
+    `SliceSampler`, which marks slice ends `done`), not independently drawn
     transitions.
 
-    Each call also writes the per-sample TD error ``max_j |Q_j(s, a) - y|`` into the input
-    tensordict under ``tensor_keys.priority`` (``"td_error"``), so that
-    ``TensorDictPrioritizedReplayBuffer.update_tensordict_priority(batch)`` updates the
-    priorities; the batch's ``priority_weight`` (importance weights of such a buffer), when
+    Each call also writes the per-sample TD error `max_j |Q_j(s, a) - y|` into the input
+    tensordict under `tensor_keys.priority` (`"td_error"`), so that
+    `TensorDictPrioritizedReplayBuffer.update_tensordict_priority(batch)` updates the
+    priorities; the batch's `priority_weight` (importance weights of such a buffer), when
     present, weights the per-sample losses, as in TorchRL's losses.
 
-    :class:`~dqs_torchrl.IDEMScoreLoss` accepts this loss as its critic and then always reads
-    the current parameters (:meth:`min_q`).
+    [`IDEMScoreLoss`][dqs_torchrl.IDEMScoreLoss] accepts this loss as its critic and then always
+    reads the current parameters ([`min_q`][]).
 
     Args:
-        actor_network: the :class:`~dqs_torchrl.DiffusionActor` drawing next actions.
-        qvalue_network: a critic reading ``observation`` and ``action`` and writing
-            ``state_action_value`` (e.g. :func:`~dqs_torchrl.make_q_network`).
+        actor_network: the [`DiffusionActor`][] drawing next actions.
+        qvalue_network: a critic reading `observation` and `action` and writing
+            `state_action_value` (e.g. [`make_q_network`][dqs_torchrl.make_q_network]).
 
     Keyword Args:
         num_qvalue_nets: number of Q-networks (2: double Q-learning).
         temperature: temperature of the next-action sampler; set by the scheduler.
-        loss_function: ``"l2"``, ``"l1"`` or ``"smooth_l1"``.
-        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (``loss_qvalue`` per sample,
-            in the batch's shape), as in TorchRL's losses. The diagnostics ``q_mean``,
-            ``q_target_mean`` and ``td_error`` (the mean absolute TD error) stay scalars.
+        loss_function: `"l2"`, `"l1"` or `"smooth_l1"`.
+        reduction: `"mean"` (default), `"sum"` or `"none"` (`loss_qvalue` per sample,
+            in the batch's shape), as in TorchRL's losses. The diagnostics `q_mean`,
+            `q_target_mean` and `td_error` (the mean absolute TD error) stay scalars.
 
     Examples:
         >>> import torch
@@ -117,7 +117,7 @@ class DoubleQLoss(LossModule):
         >>> batch["td_error"].shape  # the per-sample priority, written into the batch
         torch.Size([8])
 
-        TD(lambda), on a batch shaped ``[trajectories, time]``:
+        TD(lambda), on a batch shaped `[trajectories, time]`:
 
         >>> from torchrl.objectives import ValueEstimators
         >>> _ = loss.make_value_estimator(ValueEstimators.TDLambda, gamma=0.99, lmbda=0.9)
@@ -128,7 +128,7 @@ class DoubleQLoss(LossModule):
 
     @dataclass
     class _AcceptedKeys:
-        """Tensordict keys read or written by the loss; change them with ``set_keys``."""
+        """Tensordict keys read or written by the loss; change them with `set_keys`."""
 
         observation: NestedKey = "observation"
         action: NestedKey = "action"
@@ -204,12 +204,12 @@ class DoubleQLoss(LossModule):
         value_type: ValueEstimators | type[ValueEstimatorBase] | ValueEstimatorBase | None = None,
         **hyperparams,
     ) -> DoubleQLoss:
-        """Build the estimator of the critic's target, as :class:`~torchrl.objectives.LossModule`.
+        """Build the estimator of the critic's target, as TorchRL's `LossModule`.
 
-        ``value_type`` is a ``ValueEstimators`` value (``TD0``, the default, ``TD1`` or
-        ``TDLambda``), an estimator class (built with ``hyperparams``) or an estimator instance
-        (used as it is). ``hyperparams`` are the estimator's: ``gamma`` (the discount),
-        ``lmbda`` for TD(lambda). The estimator reads no value network: the loss hands it the
+        `value_type` is a `ValueEstimators` value (`TD0`, the default, `TD1` or
+        `TDLambda`), an estimator class (built with `hyperparams`) or an estimator instance
+        (used as it is). `hyperparams` are the estimator's: `gamma` (the discount),
+        `lmbda` for TD(lambda). The estimator reads no value network: the loss hands it the
         next-state values of the actor's next actions under the target Q-networks.
         """
         if isinstance(value_type, ValueEstimatorBase):
@@ -232,10 +232,10 @@ class DoubleQLoss(LossModule):
         return {"value": k.value, "reward": k.reward, "done": k.done, "terminated": k.terminated}
 
     def q_values(self, observation: Tensor, action: Tensor, *, target: bool = False) -> Tensor:
-        """All Q-networks at ``(s, a)``: shape ``[num_qvalue_nets, *batch, 1]``.
+        """All Q-networks at `(s, a)`: shape `[num_qvalue_nets, *batch, 1]`.
 
-        Uses the current parameters (detached: gradients reach ``action`` only), or the Polyak
-        targets with ``target=True``.
+        Uses the current parameters (detached: gradients reach `action` only), or the Polyak
+        targets with `target=True`.
         """
         params = (
             self.target_qvalue_network_params if target else self.qvalue_network_params.detach()
@@ -247,11 +247,11 @@ class DoubleQLoss(LossModule):
         return self._vmap_qnetwork(td, params).get(self.tensor_keys.state_action_value)
 
     def min_q(self, observation: Tensor, action: Tensor) -> Tensor:
-        """``min_j Q_j(s, a)`` with the current, detached parameters: shape ``[*batch, 1]``."""
+        """`min_j Q_j(s, a)` with the current, detached parameters: shape `[*batch, 1]`."""
         return self.q_values(observation, action).min(0).values
 
     def _target_value(self, tensordict: TensorDictBase) -> Tensor:
-        """The estimator's target ``y``, ``[*batch, 1]``, from ``V(s') = min_j Qbar_j(s', a')``."""
+        """The estimator's target `y`, `[*batch, 1]`, from `V(s') = min_j Qbar_j(s', a')`."""
         k = self.tensor_keys
         with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
             next_obs = tensordict.get(("next", k.observation))

@@ -1,4 +1,4 @@
-"""``DQSLoss``: both DQS objectives behind one ``LossModule``, for one optimizer and trainers."""
+"""`DQSLoss`: both DQS objectives behind one `LossModule`, for one optimizer and trainers."""
 
 from __future__ import annotations
 
@@ -16,15 +16,15 @@ __all__ = ["DQSLoss"]
 
 
 class DQSLoss(LossModule):
-    """``DoubleQLoss`` + ``IDEMScoreLoss`` as one loss: ``loss_qvalue`` and ``loss_actor``.
+    """`DoubleQLoss` + `IDEMScoreLoss` as one loss: `loss_qvalue` and `loss_actor`.
 
     The two losses touch disjoint parameters (the score target reads the critic detached, the
     critic target samples the actor without gradients), so summing them and stepping one
-    optimizer equals stepping two. The target Q-networks and, with ``ema=True`` actors, the
-    EMA of the score network are re-exposed here, so one ``SoftUpdate(DQSLoss(...))`` updates
-    both — what ``torchrl.trainers.Trainer`` expects of ``loss_module`` and
-    ``target_net_updater``. The per-sample ``td_error`` of the critic is written into the
-    batch as :class:`DoubleQLoss` does (for a prioritized replay buffer).
+    optimizer equals stepping two. The target Q-networks and, with `ema=True` actors, the
+    EMA of the score network are re-exposed here, so one `SoftUpdate(DQSLoss(...))` updates
+    both — what `torchrl.trainers.Trainer` expects of `loss_module` and
+    `target_net_updater`. The per-sample `td_error` of the critic is written into the
+    batch as [`DoubleQLoss`][] does (for a prioritized replay buffer).
 
     Examples:
         >>> from torchrl.data import Bounded
@@ -68,7 +68,7 @@ class DQSLoss(LossModule):
         return self.qvalue_loss.out_keys + self.actor_loss.out_keys
 
     def make_value_estimator(self, value_type=None, **hyperparams) -> DQSLoss:
-        """Forwarded to :meth:`DoubleQLoss.make_value_estimator` (e.g. ``gamma=0.99``)."""
+        """Forwarded to [`DoubleQLoss.make_value_estimator`][] (e.g. `gamma=0.99`)."""
         self.qvalue_loss.make_value_estimator(value_type, **hyperparams)
         return self
 

@@ -1,4 +1,4 @@
-"""``IDEMScoreLoss``: policy improvement for DQS by iDEM's Monte Carlo score matching."""
+"""`IDEMScoreLoss`: policy improvement for DQS by iDEM's Monte Carlo score matching."""
 
 from __future__ import annotations
 
@@ -26,69 +26,69 @@ __all__ = ["IDEMScoreLoss"]
 
 
 class IDEMScoreLoss(LossModule):
-    """Regress the actor's score network onto iDEM's Monte Carlo score of ``exp(Q/T)``.
+    """Regress the actor's score network onto iDEM's Monte Carlo score of `exp(Q/T)`.
 
-    For a replay pair ``(s, a)`` with latent ``x_a``, ``tau ~ U[0, 1]`` and
-    ``x = x_a + sigma(tau) eps``, the target is
+    For a replay pair `(s, a)` with latent `x_a`, `tau ~ U[0, 1]` and
+    `x = x_a + sigma(tau) eps`, the target is
 
-    .. math::
+    $$
+    S_K(s, x, \\tau) = \\nabla_x \\log \\sum_{i=1}^K \\exp(-E(s, x_i))
+    = \\sum_i \\mathrm{softmax}_i(-E_i)\\, \\nabla_x(-E)(s, x_i),
+    \\qquad x_i = x + \\sigma(\\tau) \\epsilon_i,
+    $$
 
-        S_K(s, x, \\tau) = \\nabla_x \\log \\sum_{i=1}^K \\exp(-E(s, x_i))
-        = \\sum_i \\mathrm{softmax}_i(-E_i)\\, \\nabla_x(-E)(s, x_i),
-        \\qquad x_i = x + \\sigma(\\tau) \\epsilon_i,
-
-    with the latent energy ``-E(s, x) = Q(s, squash(x)) / T + sum_j log(1 - tanh(x_j)^2)``
-    (the log-Jacobian is dropped with ``tanh_correction=False``, the paper-literal form). The
-    weights come from a logsumexp (``exp(Q/T)`` is never formed) and are detached; the K*B
+    with the latent energy `-E(s, x) = Q(s, squash(x)) / T + sum_j log(1 - tanh(x_j)^2)`
+    (the log-Jacobian is dropped with `tanh_correction=False`, the paper-literal form). The
+    weights come from a logsumexp (`exp(Q/T)` is never formed) and are detached; the K*B
     gradients come from one autograd call. The loss is
-    ``mean(w(sigma) * ||f_phi(s, x, tau, T) - S_K||^2)`` with ``w = sigma^2 + 1e-3`` by default
+    `mean(w(sigma) * ||f_phi(s, x, tau, T) - S_K||^2)` with `w = sigma^2 + 1e-3` by default
     (iDEM's weighting; unweighted regression diverged in our prototype).
 
     Args:
-        actor_network: the :class:`~dqs_torchrl.DiffusionActor` whose score network is trained.
-        critic: either a :class:`~dqs_torchrl.DoubleQLoss` — its *current* Q-networks are read
+        actor_network: the [`DiffusionActor`][] whose score network is trained.
+        critic: either a [`DoubleQLoss`][] — its *current* Q-networks are read
             at every call (min over the ensemble, parameters detached) — or any TensorDict
-            module reading ``observation`` and ``action`` and writing ``state_action_value``,
-            such as :class:`~dqs_torchrl.EnergyCritic` for a fixed energy ``Q = -E``.
+            module reading `observation` and `action` and writing `state_action_value`,
+            such as [`EnergyCritic`][dqs_torchrl.EnergyCritic] for a fixed energy `Q = -E`.
 
     Keyword Args:
         num_mc_samples: K, the number of Monte Carlo samples per target (paper: 1000).
-        temperature: ``T > 0``; set by :class:`~dqs_torchrl.TemperatureScheduler`.
-        max_score_norm: clip each target vector to this norm (iDEM: 20-70); ``None`` = off.
+        temperature: `T > 0`; set by [`TemperatureScheduler`][dqs_torchrl.TemperatureScheduler].
+        max_score_norm: clip each target vector to this norm (iDEM: 20-70); `None` = off.
         tanh_correction: include the tanh change of variables in the energy (default).
-        energy: where the critic is read. ``"squashed"`` (default): ``Q(s, squash(x))``, the
-            Boltzmann policy on the action box, with ``tanh_correction``. ``"unbounded"``:
+        energy: where the critic is read. `"squashed"` (default): `Q(s, squash(x))`, the
+            Boltzmann policy on the action box, with `tanh_correction`. `"unbounded"`:
             the paper's eq. (9) read literally — the training point is the replay *action*
-            (mapped linearly to ``[-1, 1]``), its Gaussian perturbations are not squashed, and
-            the critic is evaluated at ``c + h x`` (box centre ``c``, half-width ``h``), also
+            (mapped linearly to `[-1, 1]`), its Gaussian perturbations are not squashed, and
+            the critic is evaluated at `c + h x` (box centre `c`, half-width `h`), also
             outside the box where it extrapolates; only the sampled action is squashed. Then
-            ``exp(-E)`` is not the Boltzmann policy of the box (``tanh_correction`` is
-            ignored), but where ``Q`` rises towards a face the samples saturate there.
-        loss_weighting: ``"sigma2"`` (``sigma^2 + 1e-3``) or ``"none"``.
-        num_mc_samples_small: a smaller K for targets with ``sigma <= small_sigma``, where the
+            `exp(-E)` is not the Boltzmann policy of the box (`tanh_correction` is
+            ignored), but where `Q` rises towards a face the samples saturate there.
+        loss_weighting: `"sigma2"` (`sigma^2 + 1e-3`) or `"none"`.
+        num_mc_samples_small: a smaller K for targets with `sigma <= small_sigma`, where the
             noised density is nearly the target's own and one sample is within a few percent
-            (see docs/performance.md); ``None`` uses ``num_mc_samples`` everywhere.
-        small_sigma: the noise level below which ``num_mc_samples_small`` applies.
-        estimator: ``"idem"`` (the paper's gradient form above) or ``"blend"``, which mixes it
-            with the noise (Tweedie) form ``T_K = sum_i softmax_i(-E_i) eps_i / sigma`` of the
-            same K draws: ``alpha S_K + (1 - alpha) T_K`` with ``alpha = 1 / (1 + c sigma)``,
-            where ``c = max(0, -<dg, deps> / <deps, deps>)`` is the curvature of ``-E`` along
+            (see docs/performance.md); `None` uses `num_mc_samples` everywhere.
+        small_sigma: the noise level below which `num_mc_samples_small` applies.
+        estimator: `"idem"` (the paper's gradient form above) or `"blend"`, which mixes it
+            with the noise (Tweedie) form `T_K = sum_i softmax_i(-E_i) eps_i / sigma` of the
+            same K draws: `alpha S_K + (1 - alpha) T_K` with `alpha = 1 / (1 + c sigma)`,
+            where `c = max(0, -<dg, deps> / <deps, deps>)` is the curvature of `-E` along
             the draws (a least-squares fit of the K gradients against their offsets, per
             target, no extra critic calls). Both forms converge to the same score, so the
-            blend does too; for a Gaussian ``exp(-E)`` it is exact with any K >= 2, and where
-            the draws are much wider than ``exp(-E)`` (large sigma, small T) it falls back on
-            the noise form, whose error stays below ``1 / sigma`` while the gradient form's
-            grows with ``|grad Q| / T``. docs/performance.md has the measurements; with K = 1
+            blend does too; for a Gaussian `exp(-E)` it is exact with any K >= 2, and where
+            the draws are much wider than `exp(-E)` (large sigma, small T) it falls back on
+            the noise form, whose error stays below `1 / sigma` while the gradient form's
+            grows with `|grad Q| / T`. docs/performance.md has the measurements; with K = 1
             it is the gradient form.
-        reduction: how ``loss_actor`` is reduced over the batch: ``"mean"`` (default),
-            ``"sum"`` or ``"none"`` (one loss per sample, in the batch's shape), as in
-            TorchRL's losses. Batches from a prioritized buffer carry ``priority_weight``;
+        reduction: how `loss_actor` is reduced over the batch: `"mean"` (default),
+            `"sum"` or `"none"` (one loss per sample, in the batch's shape), as in
+            TorchRL's losses. Batches from a prioritized buffer carry `priority_weight`;
             the per-sample losses are then weighted by it (TorchRL's importance weights).
 
-    The loss writes ``loss_actor`` and the diagnostics ``score_target_norm`` (mean norm of the
-    targets), ``ess`` (mean effective sample size ``1 / sum_i w_i^2`` of the K weights) and
-    ``clip_fraction``. With ``actor_network`` built with ``ema=True``, the loss exposes the
-    EMA as ``target_score_network_params`` so that ``SoftUpdate(loss, tau=...)`` updates it.
+    The loss writes `loss_actor` and the diagnostics `score_target_norm` (mean norm of the
+    targets), `ess` (mean effective sample size `1 / sum_i w_i^2` of the K weights) and
+    `clip_fraction`. With `actor_network` built with `ema=True`, the loss exposes the
+    EMA as `target_score_network_params` so that `SoftUpdate(loss, tau=...)` updates it.
     The score network's buffers (such as the embeddings' frequencies) stay buffers: the
     loss's parameters are exactly the score network's.
 
@@ -110,7 +110,7 @@ class IDEMScoreLoss(LossModule):
 
     @dataclass
     class _AcceptedKeys:
-        """Tensordict keys read by the loss; change them with ``set_keys``."""
+        """Tensordict keys read by the loss; change them with `set_keys`."""
 
         observation: NestedKey = "observation"
         action: NestedKey = "action"
@@ -195,7 +195,7 @@ class IDEMScoreLoss(LossModule):
         return ["loss_actor", "score_target_norm", "ess", "clip_fraction"]
 
     def q_value(self, observation: Tensor, action: Tensor) -> Tensor:
-        """The critic's ``Q(s, a)``, ``[*batch]`` (min of the live ensemble for ``DoubleQLoss``)."""
+        """The critic's `Q(s, a)`, `[*batch]` (min of the live ensemble for `DoubleQLoss`)."""
         if isinstance(self.critic, DoubleQLoss):
             return self.critic.min_q(observation, action).squeeze(-1)
         k = self.tensor_keys
@@ -205,7 +205,7 @@ class IDEMScoreLoss(LossModule):
         return self.critic(td).get(k.state_action_value).squeeze(-1)
 
     def log_density(self, observation: Tensor, x: Tensor) -> Tensor:
-        """Unnormalised latent log-density ``-E(s, x)`` of the Boltzmann policy, ``[*batch]``."""
+        """Unnormalised latent log-density `-E(s, x)` of the Boltzmann policy, `[*batch]`."""
         if self.energy == "unbounded":
             low, high = self.actor_network.low, self.actor_network.high
             action = (high + low) / 2 + x * (high - low) / 2
@@ -224,13 +224,13 @@ class IDEMScoreLoss(LossModule):
         num_mc_samples: int | None = None,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """iDEM's K-sample estimate of ``grad_x log p_sigma(x | s)`` at a batch ``[B, d]``.
+        """iDEM's K-sample estimate of `grad_x log p_sigma(x | s)` at a batch `[B, d]`.
 
-        ``sigma`` has shape ``[B, 1]``. With ``num_mc_samples_small`` set (and no explicit
-        ``num_mc_samples``), rows with ``sigma <= small_sigma`` use that smaller K; all rows
+        `sigma` has shape `[B, 1]`. With `num_mc_samples_small` set (and no explicit
+        `num_mc_samples`), rows with `sigma <= small_sigma` use that smaller K; all rows
         of all groups still go through the critic in one batch and one autograd call.
-        Returns the (clipped) target ``[B, d]`` and the diagnostics ``ess`` and ``clipped``
-        (both ``[B]``).
+        Returns the (clipped) target `[B, d]` and the diagnostics `ess` and `clipped`
+        (both `[B]`).
         """
         if num_mc_samples is None and self.num_mc_samples_small is not None:
             small = sigma.squeeze(-1) <= self.small_sigma
@@ -334,12 +334,12 @@ class IDEMScoreLoss(LossModule):
 def _blend(
     gradient_form: Tensor, weights: Tensor, grads: Tensor, eps: Tensor, sigma: Tensor
 ) -> Tensor:
-    """``alpha * gradient_form + (1 - alpha) * noise_form`` for draws ``x_i = x + sigma eps_i``.
+    """`alpha * gradient_form + (1 - alpha) * noise_form` for draws `x_i = x + sigma eps_i`.
 
-    ``weights`` ``[K, B]``, ``grads`` and ``eps`` ``[K, B, d]``, ``sigma`` ``[B, 1]``. The
-    curvature ``c / sigma`` of ``-E`` comes from regressing the gradients on the offsets
-    ``sigma eps_i``: for ``-E = -|x - m|^2 / (2 v)`` it is ``1 / v`` and the blend with
-    ``alpha = v / (v + sigma^2)`` equals the exact noised score for any draws.
+    `weights` `[K, B]`, `grads` and `eps` `[K, B, d]`, `sigma` `[B, 1]`. The
+    curvature `c / sigma` of `-E` comes from regressing the gradients on the offsets
+    `sigma eps_i`: for `-E = -|x - m|^2 / (2 v)` it is `1 / v` and the blend with
+    `alpha = v / (v + sigma^2)` equals the exact noised score for any draws.
     """
     noise_form = (weights.unsqueeze(-1) * eps).sum(0) / sigma
     d_eps = eps - eps.mean(0)

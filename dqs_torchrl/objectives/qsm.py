@@ -1,4 +1,4 @@
-"""``QSMLoss``: the Q-score matching baseline (Psenka et al., 2024) on the DQS actor."""
+"""`QSMLoss`: the Q-score matching baseline (Psenka et al., 2024) on the DQS actor."""
 
 from __future__ import annotations
 
@@ -13,23 +13,23 @@ __all__ = ["QSMLoss"]
 
 
 class QSMLoss(IDEMScoreLoss):
-    """Q-score matching: regress the score network onto ``M * grad_x Q(s, squash(x))``.
+    """Q-score matching: regress the score network onto `M * grad_x Q(s, squash(x))`.
 
-    The same data flow and loss as :class:`IDEMScoreLoss` (noised replay latents, the same
+    The same data flow and loss as [`IDEMScoreLoss`][] (noised replay latents, the same
     weighting), but the target is the scaled action gradient of the critic at the noisy point
     itself: no Monte Carlo average over the noise, no temperature, no change of variables.
-    The policy it learns follows ``grad Q`` rather than sampling ``exp(Q/T)``, which is why it
+    The policy it learns follows `grad Q` rather than sampling `exp(Q/T)`, which is why it
     collapses onto one mode where DQS keeps several.
 
     Args:
-        actor_network: the :class:`~dqs_torchrl.DiffusionActor` to train.
-        critic: a :class:`~dqs_torchrl.DoubleQLoss` or a critic TensorDict module.
+        actor_network: the [`DiffusionActor`][] to train.
+        critic: a [`DoubleQLoss`][] or a critic TensorDict module.
 
     Keyword Args:
-        scale: ``M``, the gradient scale (QSM's ``alpha``).
-        max_score_norm: as in :class:`IDEMScoreLoss`.
-        loss_weighting: as in :class:`IDEMScoreLoss`.
-        reduction: as in :class:`IDEMScoreLoss`.
+        scale: `M`, the gradient scale (QSM's `alpha`).
+        max_score_norm: as in [`IDEMScoreLoss`][].
+        loss_weighting: as in [`IDEMScoreLoss`][].
+        reduction: as in [`IDEMScoreLoss`][].
 
     Examples:
         >>> from torchrl.data import Bounded
@@ -71,7 +71,7 @@ class QSMLoss(IDEMScoreLoss):
     def score_target(
         self, observation: Tensor, x: Tensor, sigma: Tensor, **kwargs
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """``M * grad_x Q(s, squash(x))`` at the noisy latent ``x`` (``sigma`` unused)."""
+        """`M * grad_x Q(s, squash(x))` at the noisy latent `x` (`sigma` unused)."""
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             q = self.q_value(observation, self.actor_network.squash(x))

@@ -1,7 +1,7 @@
 """The recipes' hydra configs, shipped as package data.
 
-``dqs-dmc`` and ``dqs-maze`` (and ``recipes/dqs_dmc.py``, ``recipes/dqs_maze.py``, which call
-the same ``main``) read them from here: hydra finds a config folder of an installed package
+`dqs-dmc` and `dqs-maze` (and `recipes/dqs_dmc.py`, `recipes/dqs_maze.py`, which call
+the same `main`) read them from here: hydra finds a config folder of an installed package
 only when it is a Python package, hence this file.
 
 Examples:

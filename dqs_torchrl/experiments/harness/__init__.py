@@ -1,5 +1,5 @@
-"""The experiment harness the recipes share: agents, the loop (with ``make_env`` over the env
-factories of :mod:`dqs_torchrl.experiments.envs` and :mod:`~dqs_torchrl.experiments.maze`),
+"""The experiment harness the recipes share: agents, the loop (with `make_env` over the env
+factories of [`dqs_torchrl.experiments.envs`][] and [`maze`][dqs_torchrl.experiments.maze]),
 checkpoints, run directories, plots."""
 
 from dqs_torchrl.experiments.harness.agents import Agent, NonFiniteLossError, make_agent, make_sac

@@ -28,12 +28,12 @@ class NonFiniteLossError(RuntimeError):
 class Agent:
     """Networks, losses, optimisers and target updaters of one algorithm.
 
-    ``policy`` acts in the environment; :meth:`update` does one gradient step on a replay
-    batch (every loss in ``losses`` with its own optimiser, then every target updater) and
-    returns scalar metrics; :meth:`state_dict` holds everything a checkpoint needs.
-    ``scheduler`` sets the temperature: a :class:`TemperatureScheduler` counts frames
-    (:meth:`step_frames`), a :class:`TemperatureController` steps after each update on its
-    replay batch and adds its entropy estimate to the metrics as ``policy_entropy``.
+    `policy` acts in the environment; [`update`][] does one gradient step on a replay
+    batch (every loss in `losses` with its own optimiser, then every target updater) and
+    returns scalar metrics; [`state_dict`][] holds everything a checkpoint needs.
+    `scheduler` sets the temperature: a [`TemperatureScheduler`][] counts frames
+    ([`step_frames`][]), a [`TemperatureController`][] steps after each update on its
+    replay batch and adds its entropy estimate to the metrics as `policy_entropy`.
     """
 
     def __init__(
@@ -56,11 +56,11 @@ class Agent:
         self.num_updates = 0
 
     def update(self, batch: TensorDictBase) -> dict[str, float]:
-        """One gradient step of every loss on ``batch``, then the target updates.
+        """One gradient step of every loss on `batch`, then the target updates.
 
         All losses are computed first and every scalar they report (losses, score-target
         norms, Q statistics) is checked: a NaN or infinity raises
-        :class:`NonFiniteLossError` naming the quantity before any optimiser step, so the
+        [`NonFiniteLossError`][] naming the quantity before any optimiser step, so the
         networks stay as they were.
         """
         outs = {name: loss_module(batch) for name, (loss_module, _) in self.losses.items()}
@@ -212,7 +212,7 @@ def make_sac(
     gamma: float = 0.99,
     device: torch.device | str = "cpu",
 ) -> tuple[ProbabilisticActor, SACLoss]:
-    """TorchRL's SAC (tanh-Gaussian actor, two critics, automatic entropy tuning) on ``device``."""
+    """TorchRL's SAC (tanh-Gaussian actor, two critics, automatic entropy tuning) on `device`."""
     obs_dim, act_dim = _dims(env)
     spec = env.action_spec.to(device)
     net = nn.Sequential(
@@ -257,8 +257,8 @@ def _sac_agent(cfg: DictConfig, env: EnvBase, device: torch.device) -> Agent:
 
 
 def make_agent(cfg: DictConfig, env: EnvBase, device: torch.device | str = "cpu") -> Agent:
-    """Build the agent named by ``cfg.algo.name`` (``dqs``, ``sac`` or ``qsm``) for ``env``,
-    its networks, losses and optimiser states on ``device`` (the environment stays where it
+    """Build the agent named by `cfg.algo.name` (`dqs`, `sac` or `qsm`) for `env`,
+    its networks, losses and optimiser states on `device` (the environment stays where it
     is; the collector moves observations and actions)."""
     name = cfg.algo.name
     device = torch.device(device)

@@ -1,4 +1,4 @@
-"""Checkpoints written atomically, rotated, and loaded with ``weights_only=True``."""
+"""Checkpoints written atomically, rotated, and loaded with `weights_only=True`."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class CheckpointError(RuntimeError):
 def save_checkpoint(
     state: dict[str, Any], directory: str | Path, frames: int, keep_last: int = 3
 ) -> Path:
-    """Write ``state`` to ``directory/ckpt_<frames>.pt`` atomically; keep the newest ``keep_last``.
+    """Write `state` to `directory/ckpt_<frames>.pt` atomically; keep the newest `keep_last`.
 
     The file is written to a temporary name in the same directory, flushed to disk and then
     renamed over the target, so a crash mid-save leaves every earlier checkpoint intact.
@@ -65,15 +65,15 @@ def _checkpoints(directory: Path) -> list[Path]:
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
-    """The newest checkpoint in ``directory`` (by frame count), or ``None``."""
+    """The newest checkpoint in `directory` (by frame count), or `None`."""
     found = sorted(_checkpoints(Path(directory))) if Path(directory).is_dir() else []
     return found[-1] if found else None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
+    """Load a checkpoint written by [`save_checkpoint`][] (`weights_only=True`).
 
-    Raises :class:`CheckpointError` naming the file for a truncated, corrupt or foreign file.
+    Raises [`CheckpointError`][] naming the file for a truncated, corrupt or foreign file.
     """
     path = Path(path)
     if path.is_file() and path.stat().st_size == 0:
@@ -90,9 +90,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def load_latest_checkpoint(directory: str | Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint in ``directory`` and its state, or ``None`` when there is none.
+    """The newest checkpoint in `directory` and its state, or `None` when there is none.
 
-    When the newest cannot be read (empty, truncated, corrupt), the :class:`CheckpointError`
+    When the newest cannot be read (empty, truncated, corrupt), the [`CheckpointError`][]
     names it and the newest earlier checkpoint that loads, and says how to resume from that
     one. Nothing falls back silently: resuming from an earlier checkpoint drops the log rows
     written after it, so that is the user's call.

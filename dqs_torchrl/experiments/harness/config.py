@@ -1,10 +1,10 @@
 """Up-front validation of recipe configs: every error names the field and what is allowed.
 
-:data:`FIELDS` and :data:`DIFFUSION_FIELDS` hold the rule of every field a recipe config
+[`FIELDS`][] and [`DIFFUSION_FIELDS`][] hold the rule of every field a recipe config
 has, one entry each, and nothing else does: a key that is in neither is refused (with the
 closest known keys as a suggestion), and so is a missing one. The few rules between fields
-that an entry cannot say (the ray package, ``resume`` with ``overwrite``) follow in
-:func:`validate_config`.
+that an entry cannot say (the ray package, `resume` with `overwrite`) follow in
+[`validate_config`][].
 """
 
 from __future__ import annotations
@@ -45,14 +45,14 @@ class ConfigError(ValueError):
 
 
 def resolve_device(cfg: DictConfig) -> torch.device:
-    """``cfg.device`` as a torch device: ``auto`` is CUDA when torch sees a GPU, else CPU."""
+    """`cfg.device` as a torch device: `auto` is CUDA when torch sees a GPU, else CPU."""
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(cfg.device)
 
 
 def config_fields(cfg: DictConfig) -> dict[str, Any]:
-    """Every leaf of ``cfg`` (hydra's own node left out), resolved, by its dotted name.
+    """Every leaf of `cfg` (hydra's own node left out), resolved, by its dotted name.
 
     Examples:
         >>> config_fields(OmegaConf.create({"seed": 0, "optim": {"lr": 1e-3, "q": [1, 2]}}))
@@ -78,7 +78,7 @@ Check = Callable[[str, Any, dict[str, Any]], None]
 
 
 def _bound(fields: dict[str, Any], bound: float | str) -> tuple[Any, str]:
-    """A bound's value, and how a message shows it (a field as ``name = value``)."""
+    """A bound's value, and how a message shows it (a field as `name = value`)."""
     if isinstance(bound, str):
         return fields[bound], f"{bound} = {fields[bound]}"
     return bound, str(bound)
@@ -104,7 +104,7 @@ def _num(
     low_open: bool = True,
     optional: bool = False,
 ) -> Check:
-    """A finite number in ``(low, high]`` (``[low, high]`` with ``low_open=False``)."""
+    """A finite number in `(low, high]` (`[low, high]` with `low_open=False`)."""
 
     def check(field: str, value: Any, fields: dict[str, Any]) -> None:
         if value is None and optional:
@@ -295,7 +295,7 @@ def _unknown_key(key: str) -> ConfigError:
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` for an unknown key, or the first invalid or missing field.
+    """Raise [`ConfigError`][] for an unknown key, or the first invalid or missing field.
 
     Examples:
         >>> for bad in ({"seed": -1}, {"optim": {"lrr": 1}}):

@@ -48,9 +48,9 @@ log = logging.getLogger(__name__)
 
 
 def make_env(cfg: DictConfig, seed: int) -> EnvBase:
-    """The environment named by ``cfg.env`` (dm_control task or the two-goal maze).
+    """The environment named by `cfg.env` (dm_control task or the two-goal maze).
 
-    Its resets are seeded from ``seed`` and their index (:class:`SeededReset`), which is what
+    Its resets are seeded from `seed` and their index ([`SeededReset`][]), which is what
     lets a resumed run rebuild the episode its checkpoint was taken in.
     """
     limit = (
@@ -70,11 +70,11 @@ def make_env(cfg: DictConfig, seed: int) -> EnvBase:
 
 
 def _make_collector(cfg: DictConfig, env: EnvBase, policy: Any, **kwargs: Any) -> Any:
-    """TorchRL's ``Collector``, or ``MultiSyncCollector`` over ``collector.num_workers``
-    processes (one environment each, seeded ``seed + worker``) when that is above 1
-    (``MultiAsyncCollector`` with ``collector.sync=false``: each batch comes from whichever
+    """TorchRL's `Collector`, or `MultiSyncCollector` over `collector.num_workers`
+    processes (one environment each, seeded `seed + worker`) when that is above 1
+    (`MultiAsyncCollector` with `collector.sync=false`: each batch comes from whichever
     worker is ready, so collection never waits for the slowest), or with
-    ``collector.backend=ray`` a ``RayCollector`` over as many Ray actors (:func:`_ray_collector`).
+    `collector.backend=ray` a `RayCollector` over as many Ray actors (`_ray_collector`).
     """
     workers = cfg.collector.num_workers
     if workers == 1 and cfg.collector.backend == "local":
@@ -90,11 +90,11 @@ def _make_collector(cfg: DictConfig, env: EnvBase, policy: Any, **kwargs: Any) -
 
 
 def _ray_collector(makers: list[Any], policy: Any, sync: bool = True, **kwargs: Any) -> Any:
-    """``RayCollector``: one remote ``Collector`` actor (1 CPU) per environment maker, their
-    batches gathered synchronously and stacked ``[workers, frames]`` like MultiSyncCollector.
+    """`RayCollector`: one remote `Collector` actor (1 CPU) per environment maker, their
+    batches gathered synchronously and stacked `[workers, frames]` like MultiSyncCollector.
 
-    Starts a local Ray instance with one CPU per worker, or joins the cluster ``RAY_ADDRESS``
-    names. Weight sync is connected here: ``update_policy_weights_()`` then pushes the
+    Starts a local Ray instance with one CPU per worker, or joins the cluster `RAY_ADDRESS`
+    names. Weight sync is connected here: `update_policy_weights_()` then pushes the
     policy's current weights to every actor.
     """
     import os
@@ -138,7 +138,7 @@ def seed_everything(seed: int) -> None:
 def evaluate(
     env: EnvBase, policy: Any, episodes: int, deterministic: bool, max_steps: int = 1000
 ) -> tuple[list[float], list[torch.Tensor]]:
-    """Run ``episodes`` episodes; return their returns and their observation trajectories."""
+    """Run `episodes` episodes; return their returns and their observation trajectories."""
     mode = ExplorationType.DETERMINISTIC if deterministic else ExplorationType.RANDOM
     returns, trajectories = [], []
     params = next(iter(policy.parameters()), None) if hasattr(policy, "parameters") else None
@@ -169,7 +169,7 @@ def _load_buffer(buffer: TensorDictReplayBuffer, state: dict[str, Any]) -> None:
 
 
 class _EvalLog:
-    """``eval.csv`` in the run directory: one row per evaluation, kept across resumes."""
+    """`eval.csv` in the run directory: one row per evaluation, kept across resumes."""
 
     def __init__(self, path: Path, resume_frames: int) -> None:
         self.path = path
@@ -185,11 +185,11 @@ class _EvalLog:
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Train the agent of ``cfg`` in ``run_dir``; resume from its last checkpoint if asked.
+    """Train the agent of `cfg` in `run_dir`; resume from its last checkpoint if asked.
 
     The run holds the directory's lock for its life and, before writing anything, refuses a
     directory that holds another run and a checkpoint of another run
-    (:mod:`dqs_torchrl.experiments.harness.rundir`). Returns a summary: frames, updates, the last
+    ([`dqs_torchrl.experiments.harness.rundir`][]). Returns a summary: frames, updates, the last
     evaluation, and the paths written.
     """
     validate_config(cfg)
@@ -364,9 +364,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def action_stats(action: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> dict[str, float]:
-    """How the collected actions fill the box: the mean of ``|u|`` and the fraction of
-    components with ``|u| > 0.9``, where ``u`` in ``[-1, 1]`` is the action rescaled from the
-    box ``[low, high]`` (uniform noise gives 0.5 and 0.1, bang-bang actions 1 and 1)."""
+    """How the collected actions fill the box: the mean of `|u|` and the fraction of
+    components with `|u| > 0.9`, where `u` in `[-1, 1]` is the action rescaled from the
+    box `[low, high]` (uniform noise gives 0.5 and 0.1, bang-bang actions 1 and 1)."""
     u = (2.0 * (action.float() - low) / (high - low) - 1.0).abs()
     return {"action_abs_mean": u.mean().item(), "action_saturated": (u > 0.9).float().mean().item()}
 

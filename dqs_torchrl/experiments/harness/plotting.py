@@ -28,7 +28,7 @@ def agg_figure(figsize: tuple[float, float]) -> tuple[Figure, Axes]:
 
 
 def read_eval_csv(path: str | Path) -> dict[str, list[float]]:
-    """Columns of an ``eval.csv`` written by the harness, as lists of floats."""
+    """Columns of an `eval.csv` written by the harness, as lists of floats."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:

@@ -7,8 +7,8 @@ generator continues where it was, and log rows written past the checkpoint are d
 
 dm_control and gymnasium have no serialisable environment state, but their simulation is
 deterministic on one machine. So every reset is seeded from the run's seed and the reset's
-index (:class:`SeededReset`), the actions since the last reset are recorded, and a resume
-redoes that reset and replays those actions (:func:`restore_collector`).
+index ([`SeededReset`][]), the actions since the last reset are recorded, and a resume
+redoes that reset and replays those actions ([`restore_collector`][]).
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ log = logging.getLogger(__name__)
 
 
 def reset_seed(seed: int, index: int) -> int:
-    """The seed of reset number ``index`` in an environment seeded ``seed``.
+    """The seed of reset number `index` in an environment seeded `seed`.
 
-    ``SeedSequence`` mixes the two, so neighbouring seeds and indices give unrelated streams.
+    `SeedSequence` mixes the two, so neighbouring seeds and indices give unrelated streams.
 
     Examples:
         >>> reset_seed(0, 3) == reset_seed(0, 3) != reset_seed(0, 4)
@@ -55,12 +55,12 @@ def reset_seed(seed: int, index: int) -> int:
 
 
 class SeededReset(Transform):
-    """Seeds every reset from ``(seed, reset index)`` and records the actions taken since.
+    """Seeds every reset from `(seed, reset index)` and records the actions taken since.
 
-    Reset number ``n`` of the base environment always starts the same episode, whatever came
-    before it, and :meth:`episode` holds what it takes to rebuild the episode in progress:
+    Reset number `n` of the base environment always starts the same episode, whatever came
+    before it, and [`episode`][] holds what it takes to rebuild the episode in progress:
     the reset count and the actions of this episode. The base environment is reseeded with
-    its own ``set_seed`` (dm_control's task generator, gymnasium's ``np_random``). Meant for
+    its own `set_seed` (dm_control's task generator, gymnasium's `np_random`). Meant for
     unbatched environments (one episode at a time), the last transform of the stack so it
     records the actions as the policy gave them.
 
@@ -101,7 +101,7 @@ class SeededReset(Transform):
         return tensordict
 
     def episode(self) -> dict[str, Any]:
-        """The reset count and this episode's actions ``[steps, *action_shape]``."""
+        """The reset count and this episode's actions `[steps, *action_shape]`."""
         spec = self.parent.action_spec
         actions = (
             torch.stack(self.actions)
@@ -112,7 +112,7 @@ class SeededReset(Transform):
 
 
 def find_seeded_reset(env: EnvBase | None) -> SeededReset | None:
-    """The :class:`SeededReset` among ``env``'s transforms, or ``None``."""
+    """The [`SeededReset`][] among `env`'s transforms, or `None`."""
     if not isinstance(env, TransformedEnv):
         return None
     transforms = getattr(env.transform, "transforms", [env.transform])
@@ -120,11 +120,11 @@ def find_seeded_reset(env: EnvBase | None) -> SeededReset | None:
 
 
 def collector_state(collector: Any) -> dict[str, Any] | None:
-    """What a single-process ``Collector`` carries from one batch to the next.
+    """What a single-process `Collector` carries from one batch to the next.
 
-    The episode in progress (:meth:`SeededReset.episode`), the carrier (the data the next step
+    The episode in progress ([`SeededReset.episode`][]), the carrier (the data the next step
     starts from: observation, step count, episode return, trajectory id) and the next
-    trajectory id. ``None`` for multi-process collectors: their environments live in the
+    trajectory id. `None` for multi-process collectors: their environments live in the
     workers, so a resume starts them afresh.
     """
     seeded = find_seeded_reset(getattr(collector, "env", None))
@@ -140,7 +140,7 @@ def collector_state(collector: Any) -> dict[str, Any] | None:
 
 
 def restore_collector(collector: Any, state: dict[str, Any]) -> bool:
-    """Put a freshly built ``collector`` back where :func:`collector_state` found it.
+    """Put a freshly built `collector` back where [`collector_state`][] found it.
 
     Redoes the reset that began the episode in progress, replays its actions, then restores
     the carrier and the trajectory counter. Returns whether the replayed environment matches
@@ -171,7 +171,7 @@ def restore_collector(collector: Any, state: dict[str, Any]) -> bool:
 
 
 def rng_state() -> dict[str, Any]:
-    """The torch, numpy and python ``random`` generator states, as ``weights_only`` types.
+    """The torch, numpy and python `random` generator states, as `weights_only` types.
 
     Examples:
         >>> state = rng_state()
@@ -202,7 +202,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore the generators saved by :func:`rng_state`."""
+    """Restore the generators saved by [`rng_state`][]."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state(
@@ -221,7 +221,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _row_step(line: str, columns: int = 2) -> int | None:
-    """The step (first field) of a complete row of ``columns`` numbers, else ``None``."""
+    """The step (first field) of a complete row of `columns` numbers, else `None`."""
     fields = line.rstrip("\r\n").split(",")
     if not line.endswith("\n") or len(fields) != columns:
         return None
@@ -234,7 +234,7 @@ def _row_step(line: str, columns: int = 2) -> int | None:
 
 
 def _rewrite(path: Path, lines: list[str], keep: list[str]) -> None:
-    """Write ``keep`` over ``path`` atomically (remove it when empty), unless nothing changed."""
+    """Write `keep` over `path` atomically (remove it when empty), unless nothing changed."""
     if keep == lines:
         return
     if not keep:
@@ -247,7 +247,7 @@ def _rewrite(path: Path, lines: list[str], keep: list[str]) -> None:
 
 
 def truncate_scalar_logs(log_dir: str | Path, frames: int) -> None:
-    """Drop the rows past ``frames`` from the scalar files of TorchRL's ``CSVLogger``.
+    """Drop the rows past `frames` from the scalar files of TorchRL's `CSVLogger`.
 
     A run killed after its last checkpoint has logged rows that the resumed run logs again;
     a row cut short by the kill goes too. Each file is rewritten atomically.
@@ -272,8 +272,8 @@ def truncate_scalar_logs(log_dir: str | Path, frames: int) -> None:
 
 
 def truncate_eval_log(path: str | Path, frames: int) -> None:
-    """Drop the rows past ``frames`` from the harness's ``eval.csv``, as
-    :func:`truncate_scalar_logs` does for the scalar logs: a row (or header) cut short by a
+    """Drop the rows past `frames` from the harness's `eval.csv`, as
+    [`truncate_scalar_logs`][] does for the scalar logs: a row (or header) cut short by a
     kill goes too, so the next evaluation appends to whole rows. Rewritten atomically; removed
     when no row is left (the next evaluation writes the header again).
 

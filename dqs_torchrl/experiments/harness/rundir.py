@@ -1,15 +1,15 @@
 """One run per run directory: its lock, what counts as its results, and its identity.
 
-A run directory belongs to one run. :func:`lock_run_dir` holds ``<run_dir>/.lock`` (an
-``flock``) for the run's life, so a second process gets an error naming the holder.
-:func:`open_run` decides, before anything is written, how a run may use the directory:
+A run directory belongs to one run. [`lock_run_dir`][] holds `<run_dir>/.lock` (an
+`flock`) for the run's life, so a second process gets an error naming the holder.
+[`open_run`][] decides, before anything is written, how a run may use the directory:
 
-- a fresh run (``resume=false``) starts only where no run has left results (``eval.csv``
-  rows, checkpoints, logs), unless ``overwrite=true`` moves them aside into
-  ``overwritten_<time>/``;
-- ``resume=true`` loads the newest checkpoint and checks that it belongs to this config
-  (:func:`run_identity`): a field that defines the run and differs is refused, fields in
-  :data:`CHANGEABLE_ON_RESUME` may differ and are logged; ``resume=true`` without a
+- a fresh run (`resume=false`) starts only where no run has left results (`eval.csv`
+  rows, checkpoints, logs), unless `overwrite=true` moves them aside into
+  `overwritten_<time>/`;
+- `resume=true` loads the newest checkpoint and checks that it belongs to this config
+  ([`run_identity`][]): a field that defines the run and differs is refused, fields in
+  [`CHANGEABLE_ON_RESUME`][] may differ and are logged; `resume=true` without a
   checkpoint starts fresh only where there are no results.
 """
 
@@ -85,10 +85,10 @@ class RunDirError(RuntimeError):
 
 @contextmanager
 def lock_run_dir(run_dir: str | Path) -> Iterator[Path]:
-    """Hold ``<run_dir>/.lock`` (an exclusive ``flock``) while the block runs.
+    """Hold `<run_dir>/.lock` (an exclusive `flock`) while the block runs.
 
     The file names its holder (pid, host, start time). The kernel releases the lock when the
-    holder dies, even by ``SIGKILL``; a lock file left behind is taken over by the next run.
+    holder dies, even by `SIGKILL`; a lock file left behind is taken over by the next run.
 
     Examples:
         >>> import tempfile
@@ -133,7 +133,7 @@ def lock_run_dir(run_dir: str | Path) -> Iterator[Path]:
 
 
 def results_in(run_dir: str | Path) -> list[str]:
-    """What results of a run ``run_dir`` holds: ``eval.csv`` rows, checkpoints, logs.
+    """What results of a run `run_dir` holds: `eval.csv` rows, checkpoints, logs.
 
     Examples:
         >>> import tempfile
@@ -171,10 +171,10 @@ def _move_results_aside(run_dir: Path) -> Path:
 
 
 def run_identity(cfg: DictConfig) -> dict[str, Any]:
-    """What defines the run of ``cfg``: every config field but :data:`CHANGEABLE_ON_RESUME`,
-    and a hash of them. Checkpoints record it; :func:`open_run` compares it with the config
+    """What defines the run of `cfg`: every config field but [`CHANGEABLE_ON_RESUME`][],
+    and a hash of them. Checkpoints record it; [`open_run`][] compares it with the config
     of a resume. (The network shapes are recorded by the checkpoint's tensors themselves:
-    :func:`check_networks`.)
+    [`check_networks`][].)
 
     Examples:
         >>> from omegaconf import OmegaConf
@@ -211,13 +211,13 @@ def _ways_out(run_dir: Path) -> str:
 
 
 def open_run(cfg: DictConfig, run_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
-    """How the run of ``cfg`` starts in ``run_dir``: the checkpoint to resume from and its
-    state, or ``None`` for a fresh start. Raises :class:`RunDirError` (or
-    :class:`~dqs_torchrl.experiments.harness.checkpoint.CheckpointError`) before anything is written
-    when the directory holds another run, or a checkpoint that cannot be read.
+    """How the run of `cfg` starts in `run_dir`: the checkpoint to resume from and its
+    state, or `None` for a fresh start. Raises [`RunDirError`][] (or
+    [`CheckpointError`][dqs_torchrl.experiments.harness.checkpoint.CheckpointError]) before
+    anything is written when the directory holds another run, or a checkpoint that cannot be read.
 
-    A fresh start with ``overwrite=true`` moves the old run's :data:`RESULTS` into
-    ``overwritten_<time>/`` first. Hold :func:`lock_run_dir` around the call.
+    A fresh start with `overwrite=true` moves the old run's [`RESULTS`][] into
+    `overwritten_<time>/` first. Hold [`lock_run_dir`][] around the call.
     """
     run_dir = Path(run_dir)
     results = results_in(run_dir)
@@ -276,7 +276,7 @@ def open_run(cfg: DictConfig, run_dir: str | Path) -> tuple[Path, dict[str, Any]
 
 
 def _log_changes(cfg: DictConfig, run_dir: Path, checked: bool) -> None:
-    """Log how this config differs from the ``config.yaml`` of the run's previous start."""
+    """Log how this config differs from the `config.yaml` of the run's previous start."""
     path = run_dir / "config.yaml"
     if not path.is_file():
         return
@@ -300,7 +300,7 @@ def _log_changes(cfg: DictConfig, run_dir: Path, checked: bool) -> None:
 
 
 def network_shapes(agent_state: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """The shape of every tensor of an agent's networks, by ``<module>.<parameter>``."""
+    """The shape of every tensor of an agent's networks, by `<module>.<parameter>`."""
     return {
         f"{module}.{name}": tuple(value.shape)
         for module, params in agent_state["modules"].items()
@@ -310,7 +310,7 @@ def network_shapes(agent_state: dict[str, Any]) -> dict[str, tuple[int, ...]]:
 
 
 def check_networks(saved: dict[str, Any], current: dict[str, Any], ckpt: Path) -> None:
-    """Refuse a checkpoint's agent state ``saved`` whose networks do not fit ``current`` (the
+    """Refuse a checkpoint's agent state `saved` whose networks do not fit `current` (the
     state of the agent this config builds), naming the modules or tensors that differ."""
     before, now = network_shapes(saved), network_shapes(current)
     if before == now:
