@@ -71,7 +71,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 30.0) -> Path
         from torchcodec.encoders import VideoEncoder
 
         video = torch.as_tensor(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # T, C, H, W
-        VideoEncoder(video, frame_rate=fps).to_file(str(path))
+        VideoEncoder(frames=video, frame_rate=fps).to_file(str(path))
     return path
 
 
