@@ -113,21 +113,45 @@ def test_maze_recipe_smoke(tmp_path, algo):
         assert state["agent"]["scheduler"]["frames"] == 300
 
 
+def _renders() -> bool:
+    """Whether MuJoCo renders in a fresh process that leaves MUJOCO_GL to the harness."""
+    code = "from dqs_torchrl.experiments.envs import check_rendering as c; print(c('cheetah-run'))"
+    env = {k: v for k, v in os.environ.items() if k != "MUJOCO_GL"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    return proc.stdout.strip().endswith("None")
+
+
 @pytest.mark.parametrize("backend", ["wandb", "tensorboard"])
 def test_other_loggers(tmp_path, backend):
-    proc = run_recipe(
+    """Each logger gets the run's config as hyperparameters and, where MuJoCo renders, the
+    evaluation video (W&B offline: ``logger.mode``'s default)."""
+    video = _renders()
+    cmd, env = recipe_command(
         "dqs_dmc.py",
         tmp_path,
         "algo=sac",
         f"logger.backend={backend}",
         "collector.total_frames=150",
+        *(["eval.video=true", "eval.video_size=[32,32]"] if video else []),
     )
+    if video:
+        env.pop("MUJOCO_GL")  # the harness picks egl
+    env.pop("WANDB_MODE")  # logger.mode=offline decides
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs = tmp_path / "logs"
     if backend == "wandb":  # offline: a local run directory with its history file
-        assert list(logs.rglob("offline-run-*/run-*.wandb"))
+        (history,) = logs.rglob("offline-run-*/run-*.wandb")
+        assert b"optim.lr" in history.read_bytes()  # the config, logged as hparams
+        if video:  # the GIF of the run directory, copied into the run's media
+            assert list(history.parent.rglob("media/videos/eval/video_*.gif"))
     else:
-        assert list(logs.rglob("events.out.tfevents.*"))
+        events = b"".join(p.read_bytes() for p in logs.rglob("events.out.tfevents.*"))
+        assert b"optim.lr" in events  # the hparams plugin's record of the config
+        if video:  # an animated GIF in an image summary, as TensorBoard's add_video writes
+            assert b"eval/video" in events and b"GIF89a" in events
+    if video:
+        assert (tmp_path / "videos" / "eval_000000000150.gif").is_file()
 
 
 def test_resume_continues_from_checkpoint(tmp_path):
@@ -152,6 +176,8 @@ def test_resume_continues_from_checkpoint(tmp_path):
         ("algo.num_steps=0", "algo.num_steps"),
         ("algo.temperature.initial=0", "algo.temperature.initial"),
         ("logger.backend=mlflow", "logger.backend"),
+        ("logger.mode=cloud", "logger.mode"),
+        ("eval.video_format=webm", "eval.video_format"),
         ("device=tpu", "device"),
         ("algo.estimator=mean", "algo.estimator"),
         ("algo.compile_sampler=fast", "algo.compile_sampler"),

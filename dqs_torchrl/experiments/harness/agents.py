@@ -18,7 +18,7 @@ from dqs_torchrl.networks import ScoreNetwork, make_q_network
 from dqs_torchrl.objectives import DoubleQLoss, IDEMScoreLoss, QSMLoss
 from dqs_torchrl.temperature import TemperatureController, TemperatureScheduler
 
-__all__ = ["Agent", "NonFiniteLossError", "make_agent", "make_sac"]
+__all__ = ["Agent", "NonFiniteLossError", "make_agent", "make_policy", "make_sac"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -214,6 +214,23 @@ def make_sac(
 ) -> tuple[ProbabilisticActor, SACLoss]:
     """TorchRL's SAC (tanh-Gaussian actor, two critics, automatic entropy tuning) on `device`."""
     obs_dim, act_dim = _dims(env)
+    actor = _sac_actor(env, num_cells, device)
+    loss = SACLoss(
+        actor,
+        make_q_network(obs_dim, act_dim, num_cells).to(device),
+        num_qvalue_nets=2,
+        action_spec=env.action_spec.to(device),
+        target_entropy="auto",
+        alpha_init=1.0,
+    )
+    loss.make_value_estimator(gamma=gamma)
+    return actor, loss.to(device)
+
+
+def _sac_actor(
+    env: EnvBase, num_cells: tuple[int, ...], device: torch.device | str
+) -> ProbabilisticActor:
+    obs_dim, act_dim = _dims(env)
     spec = env.action_spec.to(device)
     net = nn.Sequential(
         MLP(
@@ -224,7 +241,7 @@ def make_sac(
         ),
         NormalParamExtractor(),
     )
-    actor = ProbabilisticActor(
+    return ProbabilisticActor(
         TensorDictModule(net.to(device), in_keys=["observation"], out_keys=["loc", "scale"]),
         in_keys=["loc", "scale"],
         spec=spec,
@@ -232,16 +249,6 @@ def make_sac(
         distribution_kwargs={"low": spec.space.low, "high": spec.space.high},
         return_log_prob=False,
     )
-    loss = SACLoss(
-        actor,
-        make_q_network(obs_dim, act_dim, num_cells).to(device),
-        num_qvalue_nets=2,
-        action_spec=spec,
-        target_entropy="auto",
-        alpha_init=1.0,
-    )
-    loss.make_value_estimator(gamma=gamma)
-    return actor, loss.to(device)
 
 
 def _sac_agent(cfg: DictConfig, env: EnvBase, device: torch.device) -> Agent:
@@ -254,6 +261,21 @@ def _sac_agent(cfg: DictConfig, env: EnvBase, device: torch.device) -> Agent:
         updaters=[SoftUpdate(loss, tau=o.tau)],
         clip_norm=o.clip_norm,
     )
+
+
+def make_policy(
+    cfg: DictConfig, env: EnvBase, device: torch.device | str = "cpu"
+) -> TensorDictModuleBase:
+    """The policy of the agent [`make_agent`][] builds for `cfg` and `env`, alone: no
+    critic, losses or optimisers. Its `state_dict` has the keys of `Agent.policy`'s, so
+    the policy entry of a checkpoint loads into it."""
+    name = cfg.algo.name
+    device = torch.device(device)
+    if name == "sac":
+        return _sac_actor(env, tuple(cfg.algo.q_cells), device)
+    if name in ("dqs", "qsm"):
+        return _diffusion_actor(cfg, env, device)
+    raise ValueError(f"algo.name must be one of dqs, sac, qsm; got {name!r}.")
 
 
 def make_agent(cfg: DictConfig, env: EnvBase, device: torch.device | str = "cpu") -> Agent:

@@ -34,6 +34,8 @@ __all__ = [
 ]
 
 _LOGGERS = ("csv", "wandb", "tensorboard")
+_LOGGER_MODES = ("online", "offline", "disabled")  # wandb.init(mode=...)
+_VIDEO_FORMATS = ("gif", "mp4")  # harness.video.VIDEO_FORMATS, without importing it here
 _COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _BACKENDS = ("local", "ray")  # collection: this machine's processes, or Ray actors
 EVAL_SEED_OFFSET = 10_000  # the evaluation environment is seeded seed + EVAL_SEED_OFFSET
@@ -161,7 +163,8 @@ def _dmc_task(field: str, value: Any, fields: dict[str, Any]) -> None:
 
     _text(field, value, fields)
     try:
-        split_task(value)
+        # the first dm_control import fixes the OpenGL backend: a rendering one for videos
+        split_task(value, render=fields.get("eval.video") is True)
     except ValueError as err:
         raise ConfigError(str(err).replace("env.task", field)) from None
 
@@ -192,6 +195,15 @@ def _compile_mode(field: str, value: Any, fields: dict[str, Any]) -> None:
             f"{field} must be false unless algo.sampler is one of "
             f"{', '.join(STEP_SAMPLERS)} (one score call per step); got "
             f"algo.sampler={fields['algo.sampler']!r}."
+        )
+
+
+def _video_size(field: str, value: Any, fields: dict[str, Any]) -> None:
+    ok = isinstance(value, list) and len(value) == 2
+    ok = ok and all(isinstance(x, int) and not isinstance(x, bool) and x >= 16 for x in value)
+    if not ok:
+        raise ConfigError(
+            f"{field} must be [height, width] in pixels, each an integer >= 16; got {value!r}."
         )
 
 
@@ -232,7 +244,11 @@ FIELDS: dict[str, Check] = {
     "eval.interval_frames": _int(1),
     "eval.episodes": _int(1),
     "eval.deterministic": _bool,
+    "eval.video": _bool,
+    "eval.video_format": _choice(*_VIDEO_FORMATS),
+    "eval.video_size": _video_size,
     "logger.backend": _choice(*_LOGGERS),
+    "logger.mode": _choice(*_LOGGER_MODES),
     "logger.project": _text,
     "checkpoint.interval_frames": _int(1),
     "checkpoint.keep_last": _int(1),
@@ -336,6 +352,8 @@ def validate_config(cfg: DictConfig) -> None:
             "resume=true and overwrite=true contradict each other: resume continues the run in "
             "the directory, overwrite moves it aside to start afresh."
         )
+    if cfg.eval.video:
+        _check_video(cfg)
     if cfg.collector.backend == "ray":
         try:
             metadata.version("ray")
@@ -350,3 +368,30 @@ def validate_config(cfg: DictConfig) -> None:
                 f"collector.backend=ray, got {cfg.collector.frames_per_batch} and "
                 f"{cfg.collector.num_workers}."
             )
+
+
+def _check_video(cfg: DictConfig) -> None:
+    """`eval.video=true` needs a dm_control task, a MuJoCo that renders, and the writer of
+    `eval.video_format`: each missing piece is named with its fix."""
+    from dqs_torchrl.experiments.envs import check_rendering
+    from dqs_torchrl.experiments.harness.video import missing_video_writer
+
+    if cfg.env.suite != "dmc":
+        raise ConfigError(
+            f"eval.video=true needs env.suite=dmc (the maze is not rendered); got "
+            f"env.suite={cfg.env.suite!r}. Use eval.video=false."
+        )
+    missing = missing_video_writer(cfg.eval.video_format)
+    if missing:
+        other = "gif" if cfg.eval.video_format == "mp4" else "mp4"
+        raise ConfigError(
+            f"eval.video_format={cfg.eval.video_format} needs the {missing} package, which is "
+            f"not installed: pip install {missing}, or eval.video_format={other}."
+        )
+    why = check_rendering(cfg.env.task)
+    if why:
+        raise ConfigError(
+            f"eval.video=true needs MuJoCo to render, and it cannot here: {why}. Set MUJOCO_GL "
+            "to a backend this machine has (egl: libEGL and a GPU or Mesa; osmesa: libOSMesa; "
+            "glfw: a display), or use eval.video=false."
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import random
+from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -18,12 +19,17 @@ from torchrl.collectors import Collector, MultiAsyncCollector, MultiSyncCollecto
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
-from torchrl.record.loggers import get_logger
+from torchrl.record.loggers import Logger, get_logger
 from tqdm.auto import tqdm
 
 from dqs_torchrl.experiments.harness.agents import Agent, NonFiniteLossError, make_agent
 from dqs_torchrl.experiments.harness.checkpoint import save_checkpoint
-from dqs_torchrl.experiments.harness.config import EVAL_SEED_OFFSET, resolve_device, validate_config
+from dqs_torchrl.experiments.harness.config import (
+    EVAL_SEED_OFFSET,
+    config_fields,
+    resolve_device,
+    validate_config,
+)
 from dqs_torchrl.experiments.harness.plotting import plot_learning_curve
 from dqs_torchrl.experiments.harness.resume import (
     SeededReset,
@@ -41,17 +47,22 @@ from dqs_torchrl.experiments.harness.rundir import (
     open_run,
     run_identity,
 )
+from dqs_torchrl.experiments.harness.video import log_video, write_video
 
-__all__ = ["train", "make_env", "evaluate"]
+__all__ = ["train", "make_env", "make_logger", "hparams", "evaluate"]
 
 log = logging.getLogger(__name__)
+
+VIDEO_FPS = 30  # evaluation videos play at 30 frames/s, one frame per environment step
 
 
 def make_env(cfg: DictConfig, seed: int) -> EnvBase:
     """The environment named by `cfg.env` (dm_control task or the two-goal maze).
 
     Its resets are seeded from `seed` and their index ([`SeededReset`][]), which is what
-    lets a resumed run rebuild the episode its checkpoint was taken in.
+    lets a resumed run rebuild the episode its checkpoint was taken in. With
+    `eval.video=true` a dm_control env picks a rendering `MUJOCO_GL` (`egl`) unless the
+    user set one.
     """
     limit = (
         {}
@@ -65,8 +76,40 @@ def make_env(cfg: DictConfig, seed: int) -> EnvBase:
     else:
         from dqs_torchrl.experiments.envs import make_dmc_env
 
-        env = make_dmc_env(cfg.env.task, seed=seed, **limit)
+        render = bool(OmegaConf.select(cfg, "eval.video", default=False))
+        env = make_dmc_env(cfg.env.task, seed=seed, render=render, **limit)
     return env.append_transform(SeededReset(seed))
+
+
+def make_logger(cfg: DictConfig, run_dir: Path) -> Logger:
+    """The TorchRL logger of `cfg.logger` writing under `run_dir/logs`, with the run's
+    resolved config logged as hyperparameters ([`hparams`][]).
+
+    W&B runs in `logger.mode` (`wandb.init(mode=...)`: `offline` writes a local run to
+    `wandb sync` later, `online` streams to the W&B server, `disabled` logs nothing);
+    the CSV and TensorBoard loggers always write their files.
+    """
+    wandb = {"project": cfg.logger.project, "mode": cfg.logger.mode}
+    logger = get_logger(
+        cfg.logger.backend,
+        logger_name=str(run_dir / "logs"),
+        experiment_name=f"{cfg.algo.name}_{cfg.env.task}_s{cfg.seed}",
+        **({"wandb_kwargs": wandb} if cfg.logger.backend == "wandb" else {}),
+    )
+    logger.log_hparams(hparams(cfg))
+    return logger
+
+
+def hparams(cfg: DictConfig) -> dict[str, int | float | str | bool]:
+    """The run's resolved config as flat hyperparameters, `{"optim.lr": 0.0003, ...}`: lists
+    and nulls as text, which every TorchRL logger takes (TensorBoard refuses them otherwise).
+
+    Examples:
+        >>> hparams(OmegaConf.create({"seed": 0, "algo": {"q_cells": [32, 32], "x": None}}))
+        {'seed': 0, 'algo.q_cells': '[32, 32]', 'algo.x': 'None'}
+    """
+    plain = (bool, int, float, str)
+    return {k: v if isinstance(v, plain) else str(v) for k, v in config_fields(cfg).items()}
 
 
 def _make_collector(cfg: DictConfig, env: EnvBase, policy: Any, **kwargs: Any) -> Any:
@@ -136,17 +179,43 @@ def seed_everything(seed: int) -> None:
 
 
 def evaluate(
-    env: EnvBase, policy: Any, episodes: int, deterministic: bool, max_steps: int = 1000
+    env: EnvBase,
+    policy: Any,
+    episodes: int,
+    deterministic: bool,
+    max_steps: int = 1000,
+    render: Callable[[], np.ndarray] | None = None,
+    frames: list[np.ndarray] | None = None,
 ) -> tuple[list[float], list[torch.Tensor]]:
-    """Run `episodes` episodes; return their returns and their observation trajectories."""
+    """Run `episodes` episodes; return their returns and their observation trajectories.
+
+    With `render` (e.g. [`dmc_renderer`][dqs_torchrl.experiments.envs.dmc_renderer]), the frames of
+    the first episode (after the reset and after every step) are appended to `frames`.
+    """
     mode = ExplorationType.DETERMINISTIC if deterministic else ExplorationType.RANDOM
     returns, trajectories = [], []
     params = next(iter(policy.parameters()), None) if hasattr(policy, "parameters") else None
     on_device = params is not None and params.device.type != "cpu"  # env steps on the CPU
     with torch.no_grad(), set_exploration_type(mode):
-        for _ in range(episodes):
+        for episode in range(episodes):
+            record = render is not None and frames is not None and episode == 0
+            kwargs: dict[str, Any] = {}
+            if record:
+                # the callback runs after each step; the reset frame is taken from the
+                # reset that rollout does itself, through a reset of our own first
+                tensordict = env.reset()
+                frames.append(render())
+                kwargs = {
+                    "auto_reset": False,
+                    "tensordict": tensordict,
+                    "callback": lambda *_: frames.append(render()),
+                }
             rollout = env.rollout(
-                max_steps, policy, break_when_any_done=True, auto_cast_to_device=on_device
+                max_steps,
+                policy,
+                break_when_any_done=True,
+                auto_cast_to_device=on_device,
+                **kwargs,
             )
             returns.append(rollout["next", "reward"].sum().item())
             trajectories.append(
@@ -227,16 +296,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     OmegaConf.save(cfg, run_dir / "config.yaml")  # after a resume could fail: nothing is lost
     eval_log = _EvalLog(run_dir / "eval.csv", frames)
     truncate_scalar_logs(run_dir / "logs", frames)  # rows a killed run logged past its checkpoint
-    logger = get_logger(
-        cfg.logger.backend,
-        logger_name=str(run_dir / "logs"),
-        experiment_name=f"{cfg.algo.name}_{cfg.env.task}_s{cfg.seed}",
-        **(
-            {"wandb_kwargs": {"offline": True, "project": cfg.logger.project}}
-            if cfg.logger.backend == "wandb"
-            else {}
-        ),
-    )
+    logger = make_logger(cfg, run_dir)
 
     total = cfg.collector.total_frames
     summary: dict[str, Any] = {"run_dir": str(run_dir), "frames": frames}
@@ -401,7 +461,18 @@ def _evaluate_and_plot(
     eval_log: _EvalLog,
     logger: Any,
 ) -> float:
-    returns, trajectories = evaluate(env, agent.policy, cfg.eval.episodes, cfg.eval.deterministic)
+    render, images = None, None
+    if cfg.eval.video:
+        from dqs_torchrl.experiments.envs import dmc_renderer
+
+        render, images = dmc_renderer(env, *cfg.eval.video_size), []
+    returns, trajectories = evaluate(
+        env, agent.policy, cfg.eval.episodes, cfg.eval.deterministic, render=render, frames=images
+    )
+    if images:
+        path = run_dir / "videos" / f"eval_{frames:012d}.{cfg.eval.video_format}"
+        write_video(path, np.stack(images), fps=VIDEO_FPS)
+        log_video(logger, "eval/video", path, np.stack(images), VIDEO_FPS, frames)
     row: dict[str, Any] = {
         "frames": frames,
         "return_mean": float(np.mean(returns)),

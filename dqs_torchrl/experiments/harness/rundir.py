@@ -76,6 +76,7 @@ RESULTS = (
     "config.yaml",
     "learning_curve.png",
     "trajectories.png",
+    "videos",
 )
 
 

@@ -1,0 +1,149 @@
+"""What a user takes out of a run: evaluation videos, the trained policy (loaded in one call or
+exported alone), and the config logged as hyperparameters; ``logger.mode`` for W&B."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+from test_recipes import recipe_command
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+from dqs_torchrl.experiments.configs import CONFIG_DIR
+from dqs_torchrl.experiments.harness import (
+    ConfigError,
+    export_policy,
+    latest_checkpoint,
+    load_checkpoint,
+    load_policy,
+    load_run_config,
+    make_agent,
+    make_env,
+    make_logger,
+    validate_config,
+)
+
+
+def _unset_gl(env: dict) -> dict:
+    """The recipe's environment without MUJOCO_GL: the harness picks egl for videos."""
+    env = dict(env)
+    env.pop("MUJOCO_GL", None)
+    return env
+
+
+def _why_no_rendering() -> str | None:
+    code = "from dqs_torchrl.experiments.envs import check_rendering as c; print(c('cheetah-run'))"
+    env = _unset_gl(os.environ)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    out = proc.stdout.strip().splitlines()
+    return None if out and out[-1] == "None" else (out[-1] if out else proc.stderr[-500:])
+
+
+NO_RENDERING = _why_no_rendering()
+needs_rendering = pytest.mark.skipif(
+    NO_RENDERING is not None, reason=f"MuJoCo cannot render here: {NO_RENDERING}"
+)
+
+
+@pytest.fixture(scope="module")
+def video_run(tmp_path_factory):
+    """One DQS smoke run to 150 frames (50 updates) with eval.video=true: an evaluation and
+    checkpoints at 100 and 150 frames."""
+    run_dir = tmp_path_factory.mktemp("video_run")
+    cmd, env = recipe_command(
+        "dqs_dmc.py",
+        run_dir,
+        "eval.video=true",
+        "eval.video_size=[48,64]",
+        "collector.total_frames=150",
+    )
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_unset_gl(env), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+@needs_rendering
+def test_eval_video_and_hparams_in_the_run_directory(video_run):
+    video = video_run / "videos" / "eval_000000000150.gif"
+    with Image.open(video) as gif:
+        assert gif.size == (64, 48)  # eval.video_size is [height, width]
+        assert gif.n_frames > 10  # the first 50-step episode, not one still
+        gif.seek(gif.n_frames - 1)
+        assert len(set(gif.convert("RGB").getdata())) > 10  # a rendered scene, not a blank
+    hparams = (video_run / "logs" / "dqs_cheetah-run_s0" / "texts" / "hparams0.txt").read_text()
+    assert "eval.video: True" in hparams.splitlines()
+    assert "algo.q_cells: [32, 32]" in hparams.splitlines()  # the resolved config, flat
+
+
+@needs_rendering
+def test_load_policy_acts_like_the_checkpoints_agent(video_run, tmp_path):
+    cfg = load_run_config(video_run)
+    ckpt = latest_checkpoint(video_run / "checkpoints")
+    state = load_checkpoint(ckpt)
+    agent = make_agent(cfg, make_env(cfg, 0))
+    agent.load_state_dict(state["agent"])
+    exported = export_policy(video_run, tmp_path / "policy.pt")
+    policies = [load_policy(video_run), load_policy(exported), agent.policy.eval()]
+    assert not policies[0].training
+    for mode in (ExplorationType.RANDOM, ExplorationType.DETERMINISTIC):
+        actions = []
+        for policy in policies:
+            env = make_env(cfg, seed=123)  # the same observations for each policy
+            torch.manual_seed(0)  # and the same sampler noise
+            with set_exploration_type(mode), torch.no_grad():
+                actions.append(env.rollout(20, policy)["action"])
+        assert torch.equal(actions[0], actions[2]) and torch.equal(actions[1], actions[2])
+    with set_exploration_type(ExplorationType.RANDOM), torch.no_grad():
+        torch.manual_seed(1)  # another noise: another action (the policy samples)
+        other = make_env(cfg, seed=123).rollout(20, policies[0])["action"]
+    assert not torch.equal(other, actions[2])
+    blob = torch.load(exported, weights_only=True)
+    assert sorted(blob) == ["config", "format", "frames", "policy", "source"]
+    assert blob["frames"] == 150 and blob["config"]["algo"]["name"] == "dqs"
+    assert not any("qvalue" in key or "critic" in key for key in blob["policy"])
+    assert exported.stat().st_size * 5 < ckpt.stat().st_size  # no buffer, critics, optimisers
+    assert load_policy(video_run, checkpoint="ckpt_000000000100.pt") is not None
+
+
+def test_video_refused_when_nothing_renders(tmp_path):
+    """MUJOCO_GL=disable (set by the user) and eval.video=true: a config error before
+    training that names the backend and the ways out."""
+    cmd, env = recipe_command("dqs_dmc.py", tmp_path, "eval.video=true")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    assert "eval.video=true needs MuJoCo to render" in proc.stderr
+    assert "MUJOCO_GL=disable" in proc.stderr and "eval.video=false" in proc.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def _config(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("dqs_dmc", overrides=["+preset=smoke", *overrides])
+
+
+def test_video_config_errors():
+    with pytest.raises(ConfigError, match="eval.video=true needs env.suite=dmc"):
+        validate_config(_config("env.suite=maze", "env.task=two-goal-maze", "eval.video=true"))
+    with pytest.raises(ConfigError, match=r"eval.video_size must be \[height, width\]"):
+        validate_config(_config("eval.video_size=[48]"))
+    try:
+        import torchcodec  # noqa: F401
+    except ImportError:  # the MP4 writer is missing here: the error says how to get it
+        with pytest.raises(ConfigError, match="needs the torchcodec package.*video_format=gif"):
+            validate_config(_config("eval.video=true", "eval.video_format=mp4"))
+
+
+def test_logger_mode_disabled_reaches_wandb(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    logger = make_logger(_config("logger.backend=wandb", "logger.mode=disabled"), tmp_path)
+    assert logger.experiment.disabled  # wandb.init(mode="disabled"): nothing is written
+    assert logger.experiment.config["optim.lr"] == 3.0e-4  # the hparams reached it
+    logger.log_scalar("eval/return_mean", 1.0, 10)
+    assert not list(tmp_path.rglob("*.wandb"))
