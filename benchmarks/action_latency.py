@@ -1,82 +1,83 @@
 """Acting cost: milliseconds per call and per environment step of the DQS actor vs SAC's actor.
 
-For each configuration of ``CONFIGS`` (its sampler settings; the Monte Carlo ones play no role
-here) and each batch size (1: one environment; 16: e.g. 16 parallel environments), times
+For each configuration of ``recipe_agents.CONFIGS`` (its sampler settings; the Monte Carlo
+ones play no role here), whose actor is the recipes' (``harness.agents.make_agent``), and each
+batch size (1: one environment; 16: e.g. 16 parallel environments), times
 
 * ``DiffusionActor.sample(observation)`` — the sampler alone (EMA score network, as in
   training), no TensorDict;
 * ``DiffusionActor(tensordict)`` under ``ExplorationType.RANDOM`` — what a TorchRL collector
   calls;
-* TorchRL SAC's ``ProbabilisticActor(tensordict)`` (``make_sac``, 256x256, tanh-Normal) under
-  ``ExplorationType.RANDOM`` and ``torch.no_grad()``, as a collector runs it.
+* TorchRL SAC's ``ProbabilisticActor(tensordict)`` (the recipes' ``algo=sac``: ``make_sac``,
+  256x256, tanh-Normal) under ``ExplorationType.RANDOM`` and ``torch.no_grad()``, as a
+  collector runs it.
 
 "per env step" is the call time divided by the batch size. Cheetah-run sizes (observation 17,
 action 6), T = 0.05, random weights (the cost does not depend on them).
 
 Full run (quiet machine):
     .venv/bin/python benchmarks/action_latency.py --configs paper,fast,fast_compiled
-Check that it runs:
-    .venv/bin/python benchmarks/action_latency.py --quick
+Check that it runs (the recipes' smoke sizes, seconds; tests/test_benchmarks.py):
+    .venv/bin/python benchmarks/action_latency.py --quick --no-write
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import (  # noqa: E402
+from recipe_agents import (  # noqa: E402
     OBS_DIM,
-    add_common_args,
-    add_timing_args,
+    add_config_args,
+    build_agent,
     config_summary,
-    emit,
-    make_diffusion_actor,
-    make_sac_agent,
-    markdown_table,
-    median,
-    section_header,
+    sac_config,
     select_configs,
-    setup_torch,
-    time_calls,
 )
+from report import add_common_args, emit, markdown_table, section_header  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
+from timing import add_timing_args, median, setup_torch, time_calls  # noqa: E402
 from torchrl.envs.utils import ExplorationType, set_exploration_type  # noqa: E402
 
 NAME = "action_latency"
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser)
-    add_timing_args(parser, "paper,fast,fast_compiled", 50, 5, "calls per measurement")
+    # --quick leaves out fast_compiled: torch.compile alone takes longer than a quick run
+    add_config_args(parser, "paper,fast,fast_compiled", quick_default="paper,fast")
+    add_timing_args(parser, 50, 5, "calls per measurement")
     parser.add_argument("--batch-sizes", default="1,16", help="comma-separated")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
-        args.repeats, args.warmup = 5, 1
+        args.repeats, args.warmup = 3, 1
     return args
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
     setup_torch(args.threads, args.seed)
-    configs = select_configs(args.configs)
+    configs = select_configs(args)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     device = args.device
     generator = torch.Generator().manual_seed(args.seed)
 
-    sac_actor = make_sac_agent(device).policy
+    sac_actor = build_agent(sac_config(args), device).policy
     actors = {}
-    for name, config in configs.items():
+    for name, cfg in configs.items():
         torch.manual_seed(args.seed)
-        actors[name] = make_diffusion_actor(config, device)
+        actors[name] = build_agent(cfg, device).policy
 
     def timed(fn) -> float:
         return 1e3 * median(time_calls(fn, args.repeats, args.warmup, device))
 
+    first = next(iter(configs.values()))
     rows = []
     for batch in batch_sizes:
         obs = torch.randn(batch, OBS_DIM, generator=generator).to(device)
@@ -99,7 +100,7 @@ def main() -> None:
             rows.append(
                 [
                     name,
-                    config_summary(configs[name]).split("; ", 1)[1],
+                    config_summary(configs[name].algo).split("; ", 1)[1],
                     batch,
                     sample_ms,
                     td_ms,
@@ -127,7 +128,9 @@ def main() -> None:
         device=device,
         extra=[
             f"Medians of {args.repeats} calls after {args.warmup} warm-up calls; obs 17 / "
-            "action 6, random weights, T=0.05, EMA score network, exploration RANDOM",
+            f"action 6, score network {first.algo.score_cells} (embedding "
+            f"{first.algo.embedding_dim}), random weights, T={first.algo.temperature.initial:g}, "
+            "EMA score network, exploration RANDOM",
             "ms / env step = TensorDict forward / batch; the ratio compares TensorDict "
             "forwards at the same batch",
         ],

@@ -5,7 +5,7 @@ Every sampler of ``dqs_torchrl.samplers.SAMPLERS`` runs on the ``geometric`` and
 grids from ``sigma_max = 1`` to ``sigma_end``, starting at ``N(0, 1)`` (as ``DiffusionActor``
 does), driven by the exact score of a Gaussian mixture (noised at sigma, component ``k`` has
 covariance ``(s_k^2 + sigma^2) I``), with and without a final Tweedie step
-``x + sigma_end^2 score(x, sigma_end)``. Targets (``common.py``):
+``x + sigma_end^2 score(x, sigma_end)``. Targets (``energies.py``):
 
 * ``2-D``: three components, weights 0.6 / 0.3 / 0.1;
 * ``6-D``: three components, weights 0.5 / 0.35 / 0.15;
@@ -24,8 +24,8 @@ sample sets; this guards against a reference that sits at the noise floor).
 
 Full run (quiet machine; a few minutes):
     .venv/bin/python benchmarks/sampler_fidelity.py
-Check that it runs:
-    .venv/bin/python benchmarks/sampler_fidelity.py --quick
+Check that it runs (seconds; tests/test_benchmarks.py):
+    .venv/bin/python benchmarks/sampler_fidelity.py --quick --no-write
 
 ``--prior-sweep`` measures instead the *start bias*: the error a sampler keeps because it
 starts at ``N(0, v I)`` while the noised target at ``sigma_max`` is the latent target
@@ -60,26 +60,23 @@ import argparse
 import itertools
 import math
 import sys
-import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import (  # noqa: E402
+from energies import (  # noqa: E402
     GaussianMixture,
-    add_common_args,
-    emit,
     energy_distance,
     energy_distance_cached,
-    markdown_table,
     mean_within,
     mixture_2d,
     mixture_6d,
-    section_header,
-    setup_torch,
     state_mixture_2d,
 )
+from report import add_common_args, emit, markdown_table, section_header  # noqa: E402
+from timing import derive_seed, setup_torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from dqs_torchrl.samplers import SAMPLERS, tweedie_denoise  # noqa: E402
@@ -88,17 +85,27 @@ from dqs_torchrl.schedules import geometric_sigmas, karras_sigmas  # noqa: E402
 NAME = "sampler_fidelity"
 PRIOR_NAME = "sampler_fidelity_prior"
 SPACINGS = {"geometric": geometric_sigmas, "karras": karras_sigmas}
-REFERENCE = ("euler_maruyama", "geometric", 1000, 1e-5, False)
 TARGET_NAMES = ("2-D", "6-D", "state 2-D")
 PRIOR_TARGET_NAMES = (*TARGET_NAMES, "box 2-D", "3-mode 1-D")
-PRIOR_SAMPLERS = {  # (sampler, spacing, steps, sigma_end, Tweedie)
-    "fast (ancestral 10 + Tweedie)": ("ancestral", "geometric", 10, 1e-2, True),
-    "paper (EM 1000)": ("euler_maruyama", "geometric", 1000, 1e-5, False),
-}
 MODE_SLACK, DIST_FACTOR = 0.02, 1.5
 
 
-def parse_args() -> argparse.Namespace:
+def reference_config(steps: int = 1000) -> tuple:
+    """The paper's sampler, the reference: Euler-Maruyama, ``steps`` geometric steps (uniform
+    in tau) to sigma_min = 1e-5, no Tweedie step; as (sampler, spacing, steps, sigma_end,
+    Tweedie)."""
+    return ("euler_maruyama", "geometric", steps, 1e-5, False)
+
+
+def prior_samplers(reference_steps: int = 1000) -> dict[str, tuple]:
+    """The samplers of ``--prior-sweep`` by label: the recipes' fast grid and the paper's."""
+    return {
+        "fast (ancestral 10 + Tweedie)": ("ancestral", "geometric", 10, 1e-2, True),
+        f"paper (EM {reference_steps})": reference_config(reference_steps),
+    }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser)
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated; metrics averaged")
@@ -108,6 +115,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", default="5,10,20,50,1000")
     parser.add_argument("--sigma-ends", default="1e-5,1e-2,3e-2")
     parser.add_argument("--states", default="-1,0,1", help="states of the state-dependent target")
+    parser.add_argument(
+        "--reference-steps",
+        type=int,
+        default=1000,
+        help="steps of the paper's Euler-Maruyama (the reference, and --prior-sweep's paper row)",
+    )
     parser.add_argument(
         "--prior-sweep",
         action="store_true",
@@ -121,19 +134,15 @@ def parse_args() -> argparse.Namespace:
         "'target' = E|x_0|^2 / dim); 'matched:<spread>' centres the start at "
         "(sigma_max^2 + spread) * score(0, sigma_max)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
-        args.seeds, args.num_samples, args.steps, args.sigma_ends = "0", 400, "5,20", "1e-2"
-        args.sigma_maxes = "1,2"
+        args.seeds, args.num_samples, args.steps, args.sigma_ends = "0", 200, "5,20", "1e-2"
+        args.reference_steps, args.sigma_maxes, args.priors = 50, "2", "0,matched:1"
     return args
 
 
 def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",")]
-
-
-def _seed(*parts) -> int:
-    return zlib.crc32(repr(parts).encode())
 
 
 class LatentTarget:
@@ -309,7 +318,7 @@ class Target:
 
     def __init__(self, name: str, n: int, states: list[float], seed: int) -> None:
         self.name = name
-        gen = torch.Generator().manual_seed(_seed(seed, name, "exact"))
+        gen = torch.Generator().manual_seed(derive_seed(seed, name, "exact"))
         if name == "state 2-D":
             self.mixture = state_mixture_2d(torch.tensor(states).repeat_interleave(n))
             parts = [state_mixture_2d(torch.full((n,), s)) for s in states]
@@ -358,7 +367,7 @@ class Target:
             if isinstance(part, LatentTarget):  # the same for every coordinate
                 errors.append(part.ideal_mode_error(sigma_max, variance, float(mean[0])))
             else:
-                gen = torch.Generator().manual_seed(_seed(seed, self.name, "ideal"))
+                gen = torch.Generator().manual_seed(derive_seed(seed, self.name, "ideal"))
                 errors.append(mixture_ideal_mode_error(part, sigma_max, variance, gen, mean))
         return max(errors)
 
@@ -378,7 +387,7 @@ def run_config(
     ``matched``, centred at ``start_std^2 * score(0, sigma_max)``, one more score call);
     return NFE and metrics without and with the Tweedie step."""
     gen = torch.Generator().manual_seed(
-        _seed(seed, target.name, sampler, spacing, steps, sigma_end)
+        derive_seed(seed, target.name, sampler, spacing, steps, sigma_end)
     )
     calls = [0]
 
@@ -426,7 +435,8 @@ def prior_sweep(args: argparse.Namespace) -> None:
         return {c: {t: [] for t in names} for c in cells}
 
     # ideal[cell][target] and sampled[sampler][cell][target]: lists over seeds
-    ideal, sampled = empty(), {label: empty() for label in PRIOR_SAMPLERS}
+    samplers = prior_samplers(args.reference_steps)
+    ideal, sampled = empty(), {label: empty() for label in samplers}
     floors: dict = {t: [] for t in names}
     spread_of: dict = {}
     for seed in seeds:
@@ -442,7 +452,7 @@ def prior_sweep(args: argparse.Namespace) -> None:
                 ideal[sigma_max, prior][name].append(
                     target.ideal_mode_error(sigma_max, variance, seed, matched)
                 )
-                for label, (sampler, spacing, steps, sigma_end, denoise) in PRIOR_SAMPLERS.items():
+                for label, (sampler, spacing, steps, sigma_end, denoise) in samplers.items():
                     config = (sampler, spacing, steps, sigma_end)
                     std = math.sqrt(variance)
                     out = run_config(target, *config, seed, sigma_max, std, matched)
@@ -505,8 +515,8 @@ def prior_sweep(args: argparse.Namespace) -> None:
     emit(PRIOR_NAME, "\n".join(body), args)
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
     setup_torch(args.threads, args.seed)
     if args.prior_sweep:
         prior_sweep(args)
@@ -521,8 +531,9 @@ def main() -> None:
             _floats(args.sigma_ends),
         )
     )
-    if REFERENCE[:4] not in grid:
-        grid.insert(0, REFERENCE[:4])
+    reference = reference_config(args.reference_steps)
+    if reference[:4] not in grid:
+        grid.insert(0, reference[:4])
 
     # results[config][target] = list over seeds of (dist, mode error); nfe[config]
     results: dict[tuple, dict[str, list]] = {}
@@ -550,7 +561,7 @@ def main() -> None:
         for key, per in results.items()
     }
     floor = {t: (mean([d for d, _ in v]), mean([m for _, m in v])) for t, v in floors.items()}
-    ref = metrics[REFERENCE]
+    ref = metrics[reference]
 
     def meets(key) -> list[str]:
         ok = []
@@ -574,8 +585,12 @@ def main() -> None:
     ref_rows = [
         ["exact vs exact (noise floor: mean abs dist, mode err of exact samples)"]
         + [v for t in TARGET_NAMES for v in floor[t]],
-        ["reference: " + " ".join(str(v) for v in label(REFERENCE)[:4]) + " (NFE 1000)"]
-        + metric_cells(REFERENCE),
+        [
+            "reference: "
+            + " ".join(str(v) for v in label(reference)[:4])
+            + f" (NFE {nfe[reference]})"
+        ]
+        + metric_cells(reference),
     ]
     limits = ["pass limits (dist <= 1.5 max(ref, floor); mode err <= ref + 0.02)"] + [
         v

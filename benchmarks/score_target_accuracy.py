@@ -24,10 +24,15 @@ of max - min over 1024 uniform actions), i.e. by 200 in units of T:
   (piecewise-linear, like a trained critic);
 * ``random``: ``make_q_network(17, 6)`` at its random initialisation, scaled.
 
+The actor (its noise schedule and box) and the default estimator's settings come from the
+recipe config (``recipe_agents``: ``fidelity=fast``, built by ``harness.agents.make_agent``);
+the losses are built here because their critics are these analytic or fitted functions, which
+the harness does not build.
+
 Full run (quiet machine; several minutes):
     .venv/bin/python benchmarks/score_target_accuracy.py
-Check that it runs:
-    .venv/bin/python benchmarks/score_target_accuracy.py --quick
+Check that it runs (the recipes' smoke sizes, seconds; tests/test_benchmarks.py):
+    .venv/bin/python benchmarks/score_target_accuracy.py --quick --no-write
 """
 
 from __future__ import annotations
@@ -35,43 +40,37 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import (  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+from recipe_agents import (  # noqa: E402
     ACTION_DIM,
     CONFIGS,
-    NUM_CELLS,
+    DQS_OVERRIDES,
     OBS_DIM,
-    SIGMA_MAX,
-    SIGMA_MIN,
-    TEMPERATURE,
-    add_common_args,
-    emit,
-    markdown_table,
-    score_kwargs,
-    section_header,
-    setup_torch,
+    build_agent,
+    recipe_config,
 )
+from report import add_common_args, emit, markdown_table, section_header  # noqa: E402
+from timing import derive_seed, setup_torch  # noqa: E402
 from torch import Tensor  # noqa: E402
-from torchrl.data import Bounded  # noqa: E402
 
-from dqs_torchrl import (  # noqa: E402
-    DiffusionActor,
-    EnergyCritic,
-    IDEMScoreLoss,
-    ScoreNetwork,
-    make_q_network,
-)
+from dqs_torchrl import EnergyCritic, IDEMScoreLoss, make_q_network  # noqa: E402
 
 NAME = "score_target_accuracy"
-ADAPTIVE = score_kwargs(CONFIGS["fast"])
 
 
-def parse_args() -> argparse.Namespace:
+def default_estimator(algo: DictConfig) -> dict:
+    """The ``IDEMScoreLoss`` arguments of the recipes' score target (``fidelity=fast``)."""
+    keys = ("num_mc_samples", "num_mc_samples_small", "small_sigma", "estimator")
+    return {k: algo[k] for k in keys}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser)
     parser.add_argument("--critics", default="synthetic,fitted,random")
@@ -83,7 +82,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--q-ranges", default="10,1", help="Q range(s) over the box, comma-separated"
     )
-    parser.add_argument("--temperature", type=float, default=TEMPERATURE)
+    parser.add_argument(
+        "--temperature", type=float, default=None, help="T (the recipe config's, 0.05)"
+    )
     parser.add_argument("--fit-steps", type=int, default=3000, help="Adam steps, fitted critic")
     parser.add_argument(
         "--no-ref-check", action="store_true", help="skip the second, independent reference"
@@ -91,16 +92,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--max-rows", type=int, default=65_536, help="K * states per critic call (memory)"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.taus, args.ks, args.ref_k = "0.4,0.8,1.0", "1,16,64", 1000
         args.blend_ks = "2,16"
         args.num_states, args.fit_steps, args.q_ranges = 16, 100, "10"
     return args
-
-
-def _seed(*parts) -> int:
-    return zlib.crc32(repr(parts).encode())
 
 
 class SyntheticQ:
@@ -131,9 +128,12 @@ def q_range(q_fn, generator: torch.Generator, num_states: int = 64, num_actions:
     return float((q.max(1).values - q.min(1).values).median())
 
 
-def fit_network(target_q: SyntheticQ, steps: int, generator: torch.Generator):
-    """``make_q_network(17, 6)`` regressed onto ``target_q``; returns (MLP, held-out R^2)."""
-    net = make_q_network(OBS_DIM, ACTION_DIM, NUM_CELLS).module
+def fit_network(
+    target_q: SyntheticQ, steps: int, num_cells: tuple[int, ...], generator: torch.Generator
+):
+    """``make_q_network(17, 6, num_cells)`` regressed onto ``target_q``; returns (MLP,
+    held-out R^2)."""
+    net = make_q_network(OBS_DIM, ACTION_DIM, num_cells).module
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
 
     def data(n: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -161,9 +161,12 @@ def fit_network(target_q: SyntheticQ, steps: int, generator: torch.Generator):
 FIT_RANGE = 10.0  # the synthetic Q that the fitted critic learns varies by this much
 
 
-def base_critics(names: list[str], args: argparse.Namespace) -> dict[str, tuple]:
-    """Each critic as an unscaled ``q_fn(s, a) -> [N]`` with a description (fitted once)."""
-    gen = torch.Generator().manual_seed(_seed(args.seed, "critic"))
+def base_critics(
+    names: list[str], num_cells: tuple[int, ...], args: argparse.Namespace
+) -> dict[str, tuple]:
+    """Each critic as an unscaled ``q_fn(s, a) -> [N]`` with a description (fitted once);
+    the networks are the recipes' critics (``make_q_network``, ``algo.q_cells``)."""
+    gen = torch.Generator().manual_seed(derive_seed(args.seed, "critic"))
     synthetic = SyntheticQ(gen)
     synthetic.amplitude = FIT_RANGE / q_range(synthetic, gen)
     critics = {}
@@ -172,12 +175,12 @@ def base_critics(names: list[str], args: argparse.Namespace) -> dict[str, tuple]
         if name == "synthetic":
             q_fn = synthetic
         else:
-            torch.manual_seed(_seed(args.seed, name))
+            torch.manual_seed(derive_seed(args.seed, name))
             if name == "fitted":
-                net, r2 = fit_network(synthetic, args.fit_steps, gen)
+                net, r2 = fit_network(synthetic, args.fit_steps, num_cells, gen)
                 info = f"fitted to synthetic: {args.fit_steps} Adam steps, held-out R^2 {r2:.3f}; "
             elif name == "random":
-                net = make_q_network(OBS_DIM, ACTION_DIM, NUM_CELLS).module
+                net = make_q_network(OBS_DIM, ACTION_DIM, num_cells).module
             else:
                 raise SystemExit(f"unknown critic {name!r}")
             net.requires_grad_(False)
@@ -191,7 +194,7 @@ def base_critics(names: list[str], args: argparse.Namespace) -> dict[str, tuple]
 
 def scaled_critic(q_fn, info: str, target_range: float, seed: int) -> tuple[EnergyCritic, str]:
     """``EnergyCritic`` of ``scale * q_fn`` with Q varying by ``target_range`` over the box."""
-    gen = torch.Generator().manual_seed(_seed(seed, "range"))
+    gen = torch.Generator().manual_seed(derive_seed(seed, "range"))
     scale = target_range / q_range(q_fn, gen)
 
     def energy(s: Tensor, a: Tensor) -> Tensor:
@@ -227,21 +230,21 @@ def rel_error(estimate: Tensor, reference: Tensor) -> float:
 
 
 def accuracy_rows(
-    critic, critic_name, actor, obs, anchors, noise, ks, blend_ks, taus, args
+    critic, critic_name, actor, obs, anchors, noise, ks, blend_ks, taus, default, args
 ) -> list:
     """One table row per tau: errors for each K and the adaptive estimator, reference ESS,
     and (unless ``--no-ref-check``) the error of a second reference."""
     common = {"temperature": args.temperature, "tanh_correction": True}
     fixed = IDEMScoreLoss(actor, critic, num_mc_samples=args.ref_k, **common)
     blend = IDEMScoreLoss(actor, critic, estimator="blend", **common)
-    adaptive = IDEMScoreLoss(actor, critic, **ADAPTIVE, **common)
+    adaptive = IDEMScoreLoss(actor, critic, **default, **common)
     rows = []
     for tau in taus:
         sigma = actor.schedule.sigma(torch.full((obs.shape[0], 1), tau))
         x = anchors + sigma * noise
 
         def run(loss, num, tag, x=x, sigma=sigma, tau=tau):
-            g = torch.Generator().manual_seed(_seed(args.seed, critic_name, tau, tag))
+            g = torch.Generator().manual_seed(derive_seed(args.seed, critic_name, tau, tag))
             return chunked_target(loss, obs, x, sigma, num, g, args.max_rows)
 
         ref, ref_ess = run(fixed, args.ref_k, "ref")
@@ -261,39 +264,40 @@ def accuracy_rows(
     return rows
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
     setup_torch(args.threads, args.seed)
     taus = [float(t) for t in args.taus.split(",")]
     ks = [int(k) for k in args.ks.split(",")]
     blend_ks = [int(k) for k in args.blend_ks.split(",")]
-    actor = DiffusionActor(
-        ScoreNetwork(OBS_DIM, ACTION_DIM, 16, 8),  # only its schedule and box are used
-        Bounded(-1.0, 1.0, shape=(ACTION_DIM,)),
-        sigma_min=SIGMA_MIN,
-        sigma_max=SIGMA_MAX,
-    )
+    # The recipes' actor, of which only the noise schedule and the box are used: the critics
+    # are analytic or fitted here, which make_agent cannot build.
+    cfg = recipe_config(*DQS_OVERRIDES, *CONFIGS["fast"], quick=args.quick)
+    actor = build_agent(cfg).policy
+    default = default_estimator(cfg.algo)
+    if args.temperature is None:
+        args.temperature = cfg.algo.temperature.initial
     schedule = actor.schedule
-    gen = torch.Generator().manual_seed(_seed(args.seed, "states"))
+    gen = torch.Generator().manual_seed(derive_seed(args.seed, "states"))
     obs = torch.randn(args.num_states, OBS_DIM, generator=gen)
     anchors = torch.atanh(0.98 * (torch.rand(args.num_states, ACTION_DIM, generator=gen) * 2 - 1))
     noise = torch.randn(args.num_states, ACTION_DIM, generator=gen)
-    small_tau = float(schedule.tau(torch.tensor(ADAPTIVE["small_sigma"])))
-    k_large, k_small = ADAPTIVE["num_mc_samples"], ADAPTIVE["num_mc_samples_small"]
+    small_tau = float(schedule.tau(torch.tensor(default["small_sigma"])))
+    k_large, k_small = default["num_mc_samples"], default["num_mc_samples_small"]
     mean_adaptive = (
-        small_tau * ADAPTIVE["num_mc_samples_small"] + (1 - small_tau) * ADAPTIVE["num_mc_samples"]
+        small_tau * default["num_mc_samples_small"] + (1 - small_tau) * default["num_mc_samples"]
     )
 
     sections = []
-    critics = base_critics(args.critics.split(","), args)
+    critics = base_critics(args.critics.split(","), tuple(cfg.algo.q_cells), args)
     for target_range in [float(r) for r in args.q_ranges.split(",")]:
         for critic_name, (q_fn, base_info) in critics.items():
             critic, info = scaled_critic(q_fn, base_info, target_range, args.seed)
             rows = accuracy_rows(
-                critic, critic_name, actor, obs, anchors, noise, ks, blend_ks, taus, args
+                critic, critic_name, actor, obs, anchors, noise, ks, blend_ks, taus, default, args
             )
             headers = ["tau (sigma)", *(f"K={k}" for k in ks), *(f"blend K={k}" for k in blend_ks)]
-            headers.append(f"default ({ADAPTIVE['estimator']} {k_large}/{k_small})")
+            headers.append(f"default ({default['estimator']} {k_large}/{k_small})")
             headers.append(f"reference ESS (of {args.ref_k})")
             cost = ["Q evals / target", *ks, *blend_ks]
             cost.append(f"{mean_adaptive:.1f} (mean, tau~U[0,1])")
@@ -320,9 +324,9 @@ def main() -> None:
             "K=...: the gradient form (the paper's, estimator='idem'); blend K=...: "
             "estimator='blend' (the same draws' gradient and noise forms mixed by the fitted "
             "curvature); default: IDEMScoreLoss(**"
-            + ", ".join(f"{k}={v!r}" for k, v in ADAPTIVE.items())
+            + ", ".join(f"{k}={v!r}" for k, v in default.items())
             + f"), with the K it used at that tau; its mean cost over tau ~ U[0, 1] is "
-            f"{mean_adaptive:.1f} Q evaluations (sigma <= {ADAPTIVE['small_sigma']:g} for "
+            f"{mean_adaptive:.1f} Q evaluations (sigma <= {default['small_sigma']:g} for "
             f"tau <= {small_tau:.2f})",
             "ref vs ref: the same error between two independent references (how converged the "
             "reference is); where it is large (sigma >= ~0.1: the weights of even 10,000 draws "

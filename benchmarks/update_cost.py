@@ -1,22 +1,25 @@
 """Cost of one DQS update against one TorchRL SAC update, same network sizes, same process.
 
-One DQS update is what the harness does per gradient step (``harness.agents.Agent.update``):
+Both agents are the recipes' own: ``harness.agents.make_agent`` builds them from the recipe
+config composed with the overrides of ``recipe_agents.CONFIGS`` (``algo=sac`` for SAC), and
+one update is a call of their ``Agent.update``, the harness's gradient step:
 ``DoubleQLoss`` (next actions sampled by the diffusion actor, TD(0) target, two critics),
 backward, grad clip, Adam; ``IDEMScoreLoss`` (Monte Carlo score target, regression of the score
 network), backward, grad clip, Adam; ``SoftUpdate`` of the target critics and of the EMA actor.
 One SAC update is ``SACLoss`` (actor + critics + alpha) with one Adam and a ``SoftUpdate``.
-Networks are 256x256, batch 256, observation 17 / action 6 (cheetah-run), T = 0.05, on a
-synthetic replay batch. Updates of every agent are interleaved round by round, so slow drifts
-of the machine hit all of them alike.
+Networks are 256x256, batch 256, observation 17 / action 6 (cheetah-run), T = 0.05 (the
+recipe config's), on a synthetic replay batch. Updates of every agent are interleaved round by
+round, so slow drifts of the machine hit all of them alike.
 
-The breakdown times the parts of a DQS update in a second pass: the critic step (of which the
-next-action sampling), the score target, the regression (the rest of the actor step) and the
-soft updates.
+The breakdown times the parts of a DQS update in a second pass of ``Agent.update``, observed
+through hooks (loss forwards, optimiser steps) and wrapped methods (the actor's sampling, the
+score target): the critic step (of which the next-action sampling), the score target, the
+regression (the rest of the actor step) and the soft updates.
 
 Full run (quiet machine):
     .venv/bin/python benchmarks/update_cost.py --configs paper,fast,fast_idem64
-Check that it runs:
-    .venv/bin/python benchmarks/update_cost.py --quick
+Check that it runs (the recipes' smoke sizes, seconds; tests/test_benchmarks.py):
+    .venv/bin/python benchmarks/update_cost.py --quick --no-write
 """
 
 from __future__ import annotations
@@ -24,125 +27,119 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import (  # noqa: E402
-    BATCH_SIZE,
-    add_common_args,
-    add_timing_args,
+from recipe_agents import (  # noqa: E402
+    add_config_args,
+    build_agent,
     config_summary,
-    emit,
-    make_dqs_agent,
-    make_sac_agent,
-    markdown_table,
-    median,
-    section_header,
+    sac_config,
     select_configs,
-    setup_torch,
-    synchronize,
+    setting_summary,
     synthetic_batch,
 )
+from report import add_common_args, emit, markdown_table, section_header  # noqa: E402
+from timing import Stopwatch, add_timing_args, median, setup_torch, synchronize  # noqa: E402
+
+from dqs_torchrl.experiments.harness import Agent  # noqa: E402
 
 NAME = "update_cost"
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser)
-    add_timing_args(parser, "paper,fast,fast_idem64", 20, 3, "rounds")
-    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    add_config_args(parser, "paper,fast,fast_idem64", quick_default="paper,fast")
+    add_timing_args(parser, 20, 3, "rounds")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="replay batch (the config's buffer.batch_size)"
+    )
     parser.add_argument(
         "--breakdown-repeats", type=int, default=10, help="rounds of the breakdown pass (0: off)"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
-        args.batch_size, args.repeats, args.warmup, args.breakdown_repeats = 16, 3, 1, 2
+        args.repeats, args.warmup, args.breakdown_repeats = 3, 1, 2
     return args
 
 
-class _Stopwatch:
-    """Accumulates the time spent inside a wrapped method (CUDA synchronised)."""
+def timed_dqs_update(agent: Agent, batch, device: str) -> dict[str, float]:
+    """One ``agent.update(batch)``, timing each stage (seconds).
 
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self.total = 0.0
-
-    def wrap(self, fn):
-        def timed(*args, **kwargs):
-            synchronize(self.device)
-            start = time.perf_counter()
-            out = fn(*args, **kwargs)
-            synchronize(self.device)
-            self.total += time.perf_counter() - start
-            return out
-
-        return timed
-
-
-def timed_dqs_update(agent, batch, device: str) -> dict[str, float]:
-    """One update exactly as ``Agent.update`` does it, timing each stage (seconds).
-
-    The score target and the actor's sampling are timed by wrapping
-    ``IDEMScoreLoss.score_target`` and ``DiffusionActor.sample`` on the instances.
+    ``Agent.update`` computes the critic's and the actor's losses, then steps the critic's
+    optimiser and the actor's, then the target updaters: forward hooks on the two losses and
+    step hooks on the two optimisers timestamp those boundaries (the backward and the grad
+    clip of each loss fall before its optimiser step). The score target and the actor's
+    sampling are timed by wrapping ``score_target`` and ``sample`` on the instances.
     """
     qloss, _ = agent.losses["critic"]
     aloss, _ = agent.losses["actor"]
-    sampling, target = _Stopwatch(device), _Stopwatch(device)
+    marks: dict[str, float] = {}
+
+    def mark(name: str):
+        def hook(*_) -> None:
+            synchronize(device)
+            marks[name] = time.perf_counter()
+
+        return hook
+
+    handles = [
+        qloss.register_forward_hook(mark("critic_forward_end")),
+        aloss.register_forward_pre_hook(mark("actor_forward_start")),
+        aloss.register_forward_hook(mark("actor_forward_end")),
+        agent.optimizers["critic"].register_step_post_hook(mark("critic_step_end")),
+        agent.optimizers["actor"].register_step_post_hook(mark("actor_step_end")),
+    ]
+    sampling, target = Stopwatch(device), Stopwatch(device)
     actor = agent.policy
     # Instance attributes shadow the methods for this update only (removed in `finally`).
     actor.sample = sampling.wrap(type(actor).sample.__get__(actor))
     aloss.score_target = target.wrap(type(aloss).score_target.__get__(aloss))
-    stages = {}
     try:
-        for name, (loss_module, loss_key) in agent.losses.items():
-            synchronize(device)
-            start = time.perf_counter()
-            out = loss_module(batch)
-            loss = out[loss_key]
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"non-finite {name} loss")
-            optimizer = agent.optimizers[name]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, agent.clip_norm)
-            optimizer.step()
-            _metrics = {k: v.item() for k, v in out.items() if v.numel() == 1}  # as Agent
-            synchronize(device)
-            stages[name] = time.perf_counter() - start
-        start = time.perf_counter()
-        for updater in agent.updaters:
-            updater.step()
         synchronize(device)
-        stages["soft_update"] = time.perf_counter() - start
+        start = time.perf_counter()
+        agent.update(batch)
+        synchronize(device)
+        end = time.perf_counter()
     finally:
         del actor.sample
         del aloss.score_target
+        for handle in handles:
+            handle.remove()
+    critic = (marks["critic_forward_end"] - start) + (
+        marks["critic_step_end"] - marks["actor_forward_end"]
+    )
+    actor_step = (marks["actor_forward_end"] - marks["actor_forward_start"]) + (
+        marks["actor_step_end"] - marks["critic_step_end"]
+    )
     return {
-        "critic": stages["critic"],
+        "critic": critic,
         "next_action_sampling": sampling.total,
         "score_target": target.total,
-        "regression": stages["actor"] - target.total,
-        "soft_update": stages["soft_update"],
-        "total": stages["critic"] + stages["actor"] + stages["soft_update"],
+        "regression": actor_step - target.total,
+        "soft_update": end - marks["actor_step_end"],
+        "total": end - start,
     }
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
     setup_torch(args.threads, args.seed)
-    configs = select_configs(args.configs)
+    configs = select_configs(args)
     device = args.device
+    first = next(iter(configs.values()))
+    batch_size = args.batch_size or first.buffer.batch_size
 
-    agents = {"SAC": make_sac_agent(device)}
-    for name, config in configs.items():
+    agents = {"SAC": build_agent(sac_config(args), device)}
+    for name, cfg in configs.items():
         torch.manual_seed(args.seed)
-        agents[name] = make_dqs_agent(config, device)
+        agents[name] = build_agent(cfg, device)
     generator = torch.Generator().manual_seed(args.seed)
-    batches = [synthetic_batch(args.batch_size, generator, device) for _ in range(4)]
+    batches = [synthetic_batch(batch_size, generator, device) for _ in range(4)]
 
     # Interleaved rounds: every agent does one update per round; rotate the order.
     names = list(agents)
@@ -167,9 +164,9 @@ def main() -> None:
                 breakdown.setdefault(name, {}).setdefault(key, []).append(value)
 
     rows = [["SAC (TorchRL SACLoss)", "actor+critic+alpha, 1 Adam", sac_ms, 1.0]]
-    for name, config in configs.items():
+    for name, cfg in configs.items():
         ms = 1e3 * median(times[name])
-        rows.append([name, config_summary(config), ms, ms / sac_ms])
+        rows.append([name, config_summary(cfg.algo), ms, ms / sac_ms])
     table = markdown_table(["agent", "settings", "ms / update (median)", "ratio to SAC"], rows)
 
     text = [
@@ -180,8 +177,7 @@ def main() -> None:
             seeds=f"{args.seed} (network init and synthetic batch)",
             device=device,
             extra=[
-                f"Batch {args.batch_size}, obs 17 / action 6, 256x256 networks, T=0.05, "
-                "synthetic replay batch; Adam 3e-4, grad clip 10, Polyak 0.005 (targets and EMA)",
+                f"Batch {batch_size}, synthetic replay batch; {setting_summary(first)}",
                 f"{args.repeats} timed rounds after {args.warmup} warm-up rounds, agents "
                 "interleaved; medians",
             ],

@@ -16,7 +16,7 @@ from dqs_torchrl.experiments.harness.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from dqs_torchrl.experiments.harness.config import ConfigError, validate_config
+from dqs_torchrl.experiments.harness.config import ConfigError, compose_config, validate_config
 from dqs_torchrl.experiments.harness.loop import evaluate, make_env, make_logger, train
 from dqs_torchrl.experiments.harness.policy import export_policy, load_policy, load_run_config
 from dqs_torchrl.experiments.harness.rundir import RunDirError
@@ -32,6 +32,7 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
     "ConfigError",
+    "compose_config",
     "validate_config",
     "RunDirError",
     "evaluate",

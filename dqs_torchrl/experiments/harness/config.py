@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any
 
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from dqs_torchrl.actor import SPACINGS
+from dqs_torchrl.experiments.configs import CONFIG_DIR
 from dqs_torchrl.objectives.idem import IDEMScoreLoss
 from dqs_torchrl.samplers import SAMPLERS, STEP_SAMPLERS
 from dqs_torchrl.temperature import SCHEDULES
@@ -28,6 +30,7 @@ __all__ = [
     "DIFFUSION_FIELDS",
     "EVAL_SEED_OFFSET",
     "FIELDS",
+    "compose_config",
     "config_fields",
     "resolve_device",
     "validate_config",
@@ -44,6 +47,22 @@ _MAX_SEED = 2**32 - 1 - EVAL_SEED_OFFSET  # numpy and dm_control take seeds belo
 
 class ConfigError(ValueError):
     """An invalid recipe configuration, caught before any training."""
+
+
+def compose_config(overrides: Sequence[str] = (), config_name: str = "dqs_dmc") -> DictConfig:
+    """The recipe config `config_name` with hydra `overrides`, composed as the command line
+    `dqs-dmc <overrides>` composes it (package configs, defaults list, config groups) but
+    without starting a run; validate it with [`validate_config`][].
+
+    Examples:
+        >>> cfg = compose_config(["algo=sac", "seed=3"])
+        >>> cfg.algo.name, cfg.seed, cfg.optim.lr
+        ('sac', 3, 0.0003)
+        >>> compose_config(["fidelity=paper"]).algo.num_mc_samples
+        1000
+    """
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides))
 
 
 def resolve_device(cfg: DictConfig) -> torch.device:
