@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -84,6 +85,19 @@ class IDEMScoreLoss(LossModule):
             `"sum"` or `"none"` (one loss per sample, in the batch's shape), as in
             TorchRL's losses. Batches from a prioritized buffer carry `priority_weight`;
             the per-sample losses are then weighted by it (TorchRL's importance weights).
+        uniform_fraction: the fraction of each batch's training latents that are drawn afresh
+            from the action box instead of read from the replay (:meth:`training_latents`):
+            ``round(uniform_fraction * batch)`` rows keep their replay state but get the latent
+            of a uniform box action, ``atanh(u)`` with ``u ~ U(-1, 1)^d`` for
+            ``energy="squashed"`` and ``u`` itself for ``"unbounded"``. The score network is
+            only regressed around its training latents; when the replay actions are the
+            policy's own samples, a mode the policy undersamples gets little training signal
+            and stays undersampled. Uniform latents cover every mode whatever the policy does
+            (iDEM likewise mixes buffer and fresh samples). ``0.0`` (the default, the paper's
+            training points) draws no extra random numbers: the loss is then bit for bit the
+            one without this option. In [0, 1]; the rows replaced keep their state and
+            ``priority_weight``. docs/performance.md (*Learned sampler fidelity*) has the
+            measurements.
 
     The loss writes `loss_actor` and the diagnostics `score_target_norm` (mean norm of the
     targets), `ess` (mean effective sample size `1 / sum_i w_i^2` of the K weights) and
@@ -139,8 +153,18 @@ class IDEMScoreLoss(LossModule):
         estimator: str = "idem",
         energy: str = "squashed",
         reduction: str = "mean",
+        uniform_fraction: float = 0.0,
     ) -> None:
         super().__init__()
+        if (
+            isinstance(uniform_fraction, bool)
+            or not isinstance(uniform_fraction, (int, float))
+            or not 0.0 <= uniform_fraction <= 1.0
+        ):
+            raise ValueError(
+                f"uniform_fraction must be a number in [0, 1] (the fraction of training latents "
+                f"drawn uniformly on the action box), got {uniform_fraction!r}."
+            )
         if energy not in self.ENERGIES:
             raise ValueError(f"energy must be one of {self.ENERGIES}, got {energy!r}.")
         check_positive_int(num_mc_samples, "num_mc_samples")
@@ -173,6 +197,7 @@ class IDEMScoreLoss(LossModule):
         self.energy = energy
         self.estimator = estimator
         self.loss_weighting = loss_weighting
+        self.uniform_fraction = float(uniform_fraction)
         self.reduction = check_reduction(reduction, type(self).__name__)
         self.register_coeff_buffer("temperature", check_temperature(temperature))
         # no_convert: the network's parameters are these very Parameters (an optimiser over
@@ -292,6 +317,50 @@ class IDEMScoreLoss(LossModule):
         action = tensordict.get(self.tensor_keys.action)
         return unsquash(action, self.actor_network.low, self.actor_network.high)
 
+    def uniform_latents(self, num: int) -> Tensor:
+        """Latents of ``num`` actions uniform on the box, ``[num, d]``: ``atanh(u)``,
+        ``u ~ U(-1, 1)^d`` (clipped away from the faces as :func:`~dqs_torchrl.unsquash` does),
+        or ``u`` itself for ``energy="unbounded"``, whose latent is the action in [-1, 1] units.
+
+        Examples:
+            >>> from torchrl.data import Bounded
+            >>> from dqs_torchrl import DiffusionActor, EnergyCritic, ScoreNetwork
+            >>> actor = DiffusionActor(ScoreNetwork(0, 2, 16, 8), Bounded(-2.0, 3.0, shape=(2,)))
+            >>> loss = IDEMScoreLoss(actor, EnergyCritic(lambda a: a.sum(-1)))
+            >>> loss.uniform_latents(5).shape
+            torch.Size([5, 2])
+        """
+        low = self.actor_network.low
+        u = 2.0 * torch.rand((num, low.shape[-1]), device=low.device, dtype=low.dtype) - 1.0
+        if self.energy == "unbounded":
+            return u
+        return torch.atanh(u.clamp(-1.0 + 1e-6, 1.0 - 1e-6))
+
+    def training_latents(self, tensordict: TensorDictBase) -> Tensor:
+        """The latents the score network is regressed around, ``[batch.numel(), d]``: the
+        replay latents (``action_raw``, or the inverted ``action``), whose last
+        ``round(uniform_fraction * batch.numel())`` rows are replaced by
+        :meth:`uniform_latents`.
+
+        Examples:
+            >>> from torchrl.data import Bounded
+            >>> from dqs_torchrl import DiffusionActor, EnergyCritic, ScoreNetwork
+            >>> actor = DiffusionActor(ScoreNetwork(0, 1, 16, 8), Bounded(-1.0, 1.0, shape=(1,)))
+            >>> critic = EnergyCritic(lambda a: a.sum(-1))
+            >>> loss = IDEMScoreLoss(actor, critic, uniform_fraction=0.25)
+            >>> batch = TensorDict(observation=torch.zeros(8, 0),
+            ...                    action_raw=torch.full((8, 1), 20.0), batch_size=[8])
+            >>> (loss.training_latents(batch) != 20.0).sum().item()  # 2 of 8 rows are uniform
+            2
+        """
+        x_a = self._latent_action(tensordict)
+        x_a = x_a.reshape(-1, x_a.shape[-1])
+        num = math.floor(self.uniform_fraction * x_a.shape[0] + 0.5)  # round half up
+        if num == 0:  # no draw at all: the paper's training points, bit for bit
+            return x_a
+        uniform = self.uniform_latents(num).to(x_a)
+        return torch.cat([x_a[: x_a.shape[0] - num], uniform])
+
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         k = self.tensor_keys
         unbounded = self.energy == "unbounded"
@@ -300,10 +369,12 @@ class IDEMScoreLoss(LossModule):
         require_keys(tensordict, [k.observation, *action_keys], "IDEMScoreLoss")
         obs_dim = getattr(self.actor_network.score_network, "observation_dim", None)
         check_last_dim(tensordict.get(k.observation), obs_dim, repr(k.observation), "IDEMScoreLoss")
-        x_a = self._latent_action(tensordict)
-        check_last_dim(x_a, self.actor_network.low.shape[-1], repr(action_keys[0]), "IDEMScoreLoss")
-        batch_shape = x_a.shape[:-1]
-        x_a = x_a.reshape(-1, x_a.shape[-1])
+        replay = tensordict.get(action_keys[0])
+        check_last_dim(
+            replay, self.actor_network.low.shape[-1], repr(action_keys[0]), "IDEMScoreLoss"
+        )
+        batch_shape = replay.shape[:-1]
+        x_a = self.training_latents(tensordict)
         observation = tensordict.get(k.observation)
         observation = observation.reshape(x_a.shape[0], observation.shape[-1])
         schedule = self.actor_network.schedule
