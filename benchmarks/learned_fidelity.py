@@ -54,7 +54,6 @@ import argparse
 import math
 import sys
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,16 +62,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import (  # noqa: E402
-    FIDELITY_DIR,
-    add_common_args,
-    emit,
-    energy_distance,
-    markdown_table,
-    section_header,
-    setup_torch,
-)
+from energies import energy_distance  # noqa: E402
+from report import add_common_args, emit, markdown_table, section_header  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
+from timing import derive_seed, setup_torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torchrl.data import Bounded  # noqa: E402
 from torchrl.objectives import SoftUpdate  # noqa: E402
@@ -96,7 +89,10 @@ def _preset(name: str, **changes: Any) -> dict[str, Any]:
     the paper's prior), plus ``changes``."""
     from omegaconf import OmegaConf
 
-    config = dict(OmegaConf.to_container(OmegaConf.load(FIDELITY_DIR / f"{name}.yaml")))
+    import dqs_torchrl.experiments.configs as configs
+
+    path = Path(configs.__file__).parent / "fidelity" / f"{name}.yaml"
+    config = dict(OmegaConf.to_container(OmegaConf.load(path)))
     base = {"sigma_min": 1e-5, "sigma_max": 1.0, "prior": "paper", "uniform_fraction": 0.0}
     return {**base, **config, **changes}
 
@@ -393,7 +389,7 @@ def run(
 ) -> dict[str, Any]:
     """Train, then sample and measure; the numbers of one (target, config, source, seed)."""
     actor, seconds = train(target, config, source, seed, sizes)
-    torch.manual_seed(zlib.crc32(repr(("eval", target.name, seed)).encode()))
+    torch.manual_seed(derive_seed("eval", target.name, seed))
     start = time.perf_counter()
     with torch.no_grad():
         result = target.evaluate(actor, sizes.num_draws)

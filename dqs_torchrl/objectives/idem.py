@@ -86,17 +86,17 @@ class IDEMScoreLoss(LossModule):
             TorchRL's losses. Batches from a prioritized buffer carry `priority_weight`;
             the per-sample losses are then weighted by it (TorchRL's importance weights).
         uniform_fraction: the fraction of each batch's training latents that are drawn afresh
-            from the action box instead of read from the replay (:meth:`training_latents`):
-            ``round(uniform_fraction * batch)`` rows keep their replay state but get the latent
-            of a uniform box action, ``atanh(u)`` with ``u ~ U(-1, 1)^d`` for
-            ``energy="squashed"`` and ``u`` itself for ``"unbounded"``. The score network is
+            from the action box instead of read from the replay ([`training_latents`][]):
+            `round(uniform_fraction * batch)` rows keep their replay state but get the latent
+            of a uniform box action, `atanh(u)` with `u ~ U(-1, 1)^d` for
+            `energy="squashed"` and `u` itself for `"unbounded"`. The score network is
             only regressed around its training latents; when the replay actions are the
             policy's own samples, a mode the policy undersamples gets little training signal
             and stays undersampled. Uniform latents cover every mode whatever the policy does
-            (iDEM likewise mixes buffer and fresh samples). ``0.0`` (the default, the paper's
+            (iDEM likewise mixes buffer and fresh samples). `0.0` (the default, the paper's
             training points) draws no extra random numbers: the loss is then bit for bit the
             one without this option. In [0, 1]; the rows replaced keep their state and
-            ``priority_weight``. docs/performance.md (*Learned sampler fidelity*) has the
+            `priority_weight`. docs/performance.md (*Learned sampler fidelity*) has the
             measurements.
 
     The loss writes `loss_actor` and the diagnostics `score_target_norm` (mean norm of the
@@ -318,9 +318,9 @@ class IDEMScoreLoss(LossModule):
         return unsquash(action, self.actor_network.low, self.actor_network.high)
 
     def uniform_latents(self, num: int) -> Tensor:
-        """Latents of ``num`` actions uniform on the box, ``[num, d]``: ``atanh(u)``,
-        ``u ~ U(-1, 1)^d`` (clipped away from the faces as :func:`~dqs_torchrl.unsquash` does),
-        or ``u`` itself for ``energy="unbounded"``, whose latent is the action in [-1, 1] units.
+        """Latents of `num` actions uniform on the box, `[num, d]`: `atanh(u)`,
+        `u ~ U(-1, 1)^d` (clipped away from the faces as [`unsquash`][dqs_torchrl.unsquash] does),
+        or `u` itself for `energy="unbounded"`, whose latent is the action in [-1, 1] units.
 
         Examples:
             >>> from torchrl.data import Bounded
@@ -337,10 +337,10 @@ class IDEMScoreLoss(LossModule):
         return torch.atanh(u.clamp(-1.0 + 1e-6, 1.0 - 1e-6))
 
     def training_latents(self, tensordict: TensorDictBase) -> Tensor:
-        """The latents the score network is regressed around, ``[batch.numel(), d]``: the
-        replay latents (``action_raw``, or the inverted ``action``), whose last
-        ``round(uniform_fraction * batch.numel())`` rows are replaced by
-        :meth:`uniform_latents`.
+        """The latents the score network is regressed around, `[batch.numel(), d]`: the
+        replay latents (`action_raw`, or the inverted `action`), whose last
+        `round(uniform_fraction * batch.numel())` rows are replaced by
+        [`uniform_latents`][].
 
         Examples:
             >>> from torchrl.data import Bounded
