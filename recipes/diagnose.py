@@ -33,7 +33,6 @@ recent part of its replay buffer, and reports (one line, and a CSV row with ``--
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 from pathlib import Path
 
@@ -45,7 +44,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from dqs_torchrl import DiffusionActor
 from dqs_torchrl.experiments.harness.agents import make_agent
 from dqs_torchrl.experiments.harness.checkpoint import latest_checkpoint, load_checkpoint
-from dqs_torchrl.experiments.harness.loop import make_env
+from dqs_torchrl.experiments.harness.loop import append_csv_row, make_env
 
 
 def _policy_actions(
@@ -225,12 +224,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
             )
             if args.csv:
-                new = not args.csv.exists()
-                with open(args.csv, "a", newline="") as f:
-                    writer = csv.DictWriter(f, fieldnames=list(row))
-                    if new:
-                        writer.writeheader()
-                    writer.writerow(row)
+                append_csv_row(args.csv, row)
 
 
 if __name__ == "__main__":

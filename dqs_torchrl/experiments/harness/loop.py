@@ -49,7 +49,7 @@ from dqs_torchrl.experiments.harness.rundir import (
 )
 from dqs_torchrl.experiments.harness.video import log_video, write_video
 
-__all__ = ["train", "make_env", "make_logger", "hparams", "evaluate"]
+__all__ = ["train", "make_env", "make_logger", "hparams", "evaluate", "append_csv_row"]
 
 log = logging.getLogger(__name__)
 
@@ -245,12 +245,17 @@ class _EvalLog:
         truncate_eval_log(path, resume_frames)  # rows past the checkpoint, or cut by a kill
 
     def append(self, row: dict[str, Any]) -> None:
-        new = not self.path.exists()
-        with open(self.path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        append_csv_row(self.path, row)
+
+
+def append_csv_row(path: Path, row: dict[str, Any]) -> None:
+    """Append `row` to the CSV file at `path`, writing the header (its keys) if the file is new."""
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
