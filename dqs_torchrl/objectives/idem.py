@@ -319,7 +319,7 @@ class IDEMScoreLoss(LossModule):
 
     def uniform_latents(self, num: int) -> Tensor:
         """Latents of `num` actions uniform on the box, `[num, d]`: `atanh(u)`,
-        `u ~ U(-1, 1)^d` (clipped away from the faces as [`unsquash`][dqs_torchrl.unsquash] does),
+        `u ~ U(-1, 1)^d` (clipped away from the faces as `unsquash` does),
         or `u` itself for `energy="unbounded"`, whose latent is the action in [-1, 1] units.
 
         Examples:
