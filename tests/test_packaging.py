@@ -7,6 +7,7 @@ import csv
 import email.parser
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -191,3 +192,63 @@ def test_dqs_dmc_console_script_trains_outside_the_repository(tmp_path):
     assert (run_dir / "learning_curve.png").stat().st_size > 1000
     assert (run_dir / "dqs_dmc.log").exists()  # hydra's job name: as with recipes/dqs_dmc.py
     assert any((run_dir / "checkpoints").glob("ckpt_*.pt"))
+
+
+def _fresh_venv_holding_torch(tmp_path: Path) -> Path:
+    """A new venv that already holds torch, torchrl, tensordict and the `dmc` stack (those of
+    this venv, seen through a `.pth` file; dqs-torchrl itself hidden): a TorchRL user's env."""
+    site = Path(next(p for p in sys.path if p.endswith("site-packages")))
+    theirs = tmp_path / "their-packages"
+    theirs.mkdir()
+    for entry in site.iterdir():
+        if "dqs_torchrl" not in entry.name and not entry.name.startswith("__editable__"):
+            (theirs / entry.name).symlink_to(entry)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    (fresh_site,) = venv.glob("lib/python*/site-packages")
+    (fresh_site / "their-packages.pth").write_text(f"{theirs}\n")
+    return venv
+
+
+def test_wheel_installs_into_a_fresh_venv_and_runs_the_readme_example(wheel, tmp_path):
+    """Done-when of issue 9: a fresh venv that already holds a torch installs the wheel (no
+    index: only dqs-torchrl is added, torch stays the user's) and runs the README's
+    composition example from outside the repository, importing the installed copy."""
+    venv = _fresh_venv_holding_torch(tmp_path)
+    python = venv / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env.pop("PYTHONPATH", None)
+    env.update(PIP_CONFIG_FILE=os.devnull, OMP_NUM_THREADS="1")
+    pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-index", "-q"]
+    proc = subprocess.run(
+        [*pip, f"{wheel}[dmc]"], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode == 0, proc.stderr
+    (fresh_site,) = venv.glob("lib/python*/site-packages")
+    installed = {p.name.split("-")[0] for p in fresh_site.glob("*.dist-info")}
+    assert installed == {"dqs_torchrl"}, installed  # torch and the rest were not replaced
+
+    text = (ROOT / "README.md").read_text()
+    code = re.search(r"## Compose.*?```python\n(.*?)```", text, re.S).group(1)
+    code = code.replace("total_frames=2_000", "total_frames=1_100")
+    code = code.replace("batch_size=256", "batch_size=16")
+    check = (
+        "import dqs_torchrl, torch\n"
+        "print('FROM', dqs_torchrl.__file__)\n"
+        "print('TORCH', torch.__file__)\n"
+        "print('BUFFER', len(buffer))\n"
+    )
+    (tmp_path / "example.py").write_text(code + "\n" + check)
+    proc = subprocess.run(
+        [str(python), "example.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
+    assert Path(lines["FROM"]).is_relative_to(fresh_site), lines["FROM"]
+    assert Path(lines["TORCH"]).is_relative_to(tmp_path / "their-packages"), lines["TORCH"]
+    assert lines["BUFFER"] == "1100"
