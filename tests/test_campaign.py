@@ -144,6 +144,7 @@ groups:
     assert "copied 1" in _run(["collect", "--spec", str(spec_file), "--data", str(data)]).stdout
     copied = data / "cartpole-balance" / "sac" / "seed0" / "eval.csv"
     assert copied.read_text() == eval_csv.read_text()
+    raw_eval = eval_csv.read_text().splitlines()
     # train.csv: the train logs averaged per 10k frames (one window in a 300-frame run)
     raw = (next(run_dir.glob("logs/*/scalars/train/action_abs_mean.csv"))).read_text().split()
     values = [float(line.split(",")[1]) for line in raw]
@@ -151,6 +152,17 @@ groups:
         (row,) = list(csv.DictReader(f))
     assert row["frames"] == "10000"
     assert float(row["action_abs_mean"]) == pytest.approx(sum(values) / len(values), rel=1e-5)
+    # A run started again from scratch (its directory lost) does not replace the longer copy
+    shorter = eval_csv.read_text().splitlines()[:2]
+    eval_csv.write_text("\n".join(shorter) + "\n")
+    kept = _run(["collect", "--spec", str(spec_file), "--data", str(data)])
+    assert "copied 0" in kept.stdout and "--replace-longer" in kept.stderr, kept.stderr
+    assert campaign._eval_rows(copied)[-1]["frames"] == "300"
+    forced = _run(["collect", "--spec", str(spec_file), "--data", str(data), "--replace-longer"])
+    assert "copied 1" in forced.stdout
+    assert campaign._eval_rows(copied)[-1]["frames"] == "150"
+    for path in (eval_csv, copied):  # the full run again, for the report
+        path.write_text("\n".join(raw_eval) + "\n")
     report = _run(["report", "--data", str(data), "--at", "150,300"])
     assert report.returncode == 0, report.stderr
     assert (data / "cartpole-balance.png").stat().st_size > 1000

@@ -258,14 +258,31 @@ def train_summary(run_dir: Path, window: int = 10_000) -> list[dict[str, float]]
     ]
 
 
-def collect(root: Path, runs: list[Run], data: Path) -> int:
+def _last_frames(path: Path) -> int:
+    rows = _eval_rows(path)
+    return int(float(rows[-1]["frames"])) if rows else 0
+
+
+def collect(root: Path, runs: list[Run], data: Path, replace_longer: bool = False) -> int:
     """Copy `eval.csv` of every run that has evaluated to `data/<task>/<name>/seed<k>/`,
-    with `train.csv`: its train logs averaged per 10k frames ([`train_summary`][])."""
+    with `train.csv`: its train logs averaged per 10k frames ([`train_summary`][]).
+
+    A collected copy that reaches further than the run's own `eval.csv` (the run directory
+    was lost and the run started again) is kept, with a message, unless `replace_longer`.
+    """
     copied = 0
     for r in runs:
         src = r.path(root) / "eval.csv"
         if _eval_rows(src):
             dst = data / r.task / r.name / f"seed{r.seed}" / "eval.csv"
+            have, new = _last_frames(dst), _last_frames(src)
+            if have > new and not replace_longer:
+                print(
+                    f"kept {dst} ({have:,} frames): {src} reaches only {new:,} frames; "
+                    "pass --replace-longer to copy it anyway",
+                    file=sys.stderr,
+                )
+                continue
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
             copied += 1
@@ -384,6 +401,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--print", action="store_true", help="run: print commands, start none")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="collected CSVs")
     parser.add_argument("--out", type=Path, default=None, help="report: default <data>")
+    parser.add_argument(
+        "--replace-longer",
+        action="store_true",
+        help="collect: copy a run's eval.csv even over a collected copy that reaches further",
+    )
     parser.add_argument("--fraction", type=float, default=0.5, help="of SAC's final return")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (IQM)")
     parser.add_argument(
@@ -402,7 +424,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "status":
         print(status(root, runs))
     elif args.command == "collect":
-        print(f"copied {collect(root, runs, args.data)} eval.csv files to {args.data}")
+        copied = collect(root, runs, args.data, args.replace_longer)
+        print(f"copied {copied} eval.csv files to {args.data}")
     elif args.print:
         for r in runs:
             if r.state(root) != "finished":
