@@ -1,6 +1,9 @@
 """A run killed with SIGKILL resumes from its last checkpoint and ends exactly like one that was
-never interrupted: same networks, optimisers, replay buffer, RNG states, evaluations and logs."""
+never interrupted: same networks, optimisers, replay buffer, RNG states, evaluations and logs.
+Checkpoints written by older code (older layouts of the run state) resume too."""
 
+import logging
+import shutil
 import signal
 import subprocess
 import time
@@ -8,9 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from test_recipes import recipe_command, run_recipe
 
-from dqs_torchrl.experiments.harness import latest_checkpoint, load_checkpoint
+from dqs_torchrl.experiments.configs import CONFIG_DIR
+from dqs_torchrl.experiments.harness import latest_checkpoint, load_checkpoint, train
 
 EPISODE = 70  # steps: episodes end at frames 70, 140, never on a checkpoint
 OVERRIDES = (
@@ -105,3 +110,94 @@ def test_killed_run_resumes_exactly(tmp_path, recipe, experiment):
     assert whole / scalars / "train" / "loss_qvalue.csv" in {whole / p for p in logs}
     for path in logs:
         assert (whole / path).read_text() == (killed / path).read_text(), path
+
+
+# Checkpoints of older layouts of the run state (harness.state.VERSION), as the code of their
+# time wrote them, made out of a checkpoint of today's layout.
+
+
+def as_layout_1(state: dict) -> dict:
+    """``state`` as the code from exact resume to layout 2 wrote it: no ``version``, the buffer's
+    writer as a bare ``cursor``, the generators in a layout of that code's own."""
+    rng, buffer = state["rng"], state["buffer"]
+    python, numpy = rng["python"], rng["numpy"]
+    old = {k: v for k, v in state.items() if k not in ("version", "buffer", "rng")}
+    old["buffer"] = {
+        "data": buffer["data"],
+        "length": buffer["length"],
+        "cursor": buffer["replay_buffer"]["_writer"]["_cursor"],
+    }
+    old["rng"] = {
+        "torch": rng["torch_cpu"],
+        "numpy": {
+            "keys": numpy[1],
+            "pos": numpy[2],
+            "has_gauss": numpy[3],
+            "cached_gaussian": numpy[4],
+        },
+        "python": {
+            "version": python[0],
+            "internal": torch.tensor(python[1], dtype=torch.int64),
+            "gauss_next": python[2],
+        },
+        "cuda": None,
+    }
+    return old
+
+
+def as_before_exact_resume(state: dict) -> dict:
+    """``state`` as the first harness wrote it: networks, buffer, frames, the torch generator."""
+    old = as_layout_1(state)
+    return {key: old[key] for key in ("agent", "buffer", "frames")} | {
+        "torch_rng": old["rng"]["torch"]
+    }
+
+
+BUFFER = 90  # rows: full by the checkpoint at 100 frames, so its writer's cursor is not its length
+
+
+def smoke_cfg(*overrides: str):
+    smoke = ("+preset=smoke", "env.task=cartpole-balance", f"buffer.size={BUFFER}")
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("dqs_dmc", overrides=[*smoke, *OVERRIDES, *overrides])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    train(smoke_cfg(), run_dir)
+    return run_dir
+
+
+@pytest.mark.parametrize("layout", [as_layout_1, as_before_exact_resume])
+def test_checkpoint_of_an_older_layout_resumes(uninterrupted, tmp_path, caplog, layout):
+    # The run as if killed before its checkpoint at 200 frames, by code of an older layout.
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted, run_dir)
+    (run_dir / "checkpoints" / "ckpt_000000000200.pt").unlink()
+    ckpt = run_dir / "checkpoints" / "ckpt_000000000100.pt"
+    blob = torch.load(ckpt, weights_only=True)
+    at_kill = blob["state"]
+    assert len(at_kill["collector"]["actions"]) == 100 - EPISODE  # mid-episode
+    assert at_kill["buffer"]["replay_buffer"]["_writer"]["_cursor"] == 100 - BUFFER
+    blob["state"] = layout(at_kill)
+    torch.save(blob, ckpt)
+
+    caplog.set_level(logging.INFO, logger="dqs_torchrl")
+    train(smoke_cfg("resume=true"), run_dir)
+    assert f"resumed from {ckpt} at 100 frames" in caplog.text
+    name = "ckpt_000000000200.pt"
+    whole = load_checkpoint(uninterrupted / "checkpoints" / name)
+    resumed = load_checkpoint(run_dir / "checkpoints" / name)
+    if layout is as_layout_1:  # it held all that exact resume needs
+        assert "not identical to an uninterrupted" not in caplog.text
+        assert_same(whole, resumed, name)
+        assert (run_dir / "eval.csv").read_text() == (uninterrupted / "eval.csv").read_text()
+    else:  # the episode in progress restarts, and the log says so
+        assert "the episode in progress restarts" in caplog.text
+        assert resumed["frames"] == 200 and resumed["version"] == whole["version"]
+        assert resumed["agent"]["num_updates"] > at_kill["agent"]["num_updates"]
+        assert len(resumed["buffer"]["data"]["observation"]) == BUFFER
+        rows = (run_dir / "eval.csv").read_text().splitlines()[1:]
+        assert [int(row.split(",")[0]) for row in rows] == [150, 200]

@@ -1,9 +1,12 @@
-"""The training loop every recipe shares: collect, store, update, evaluate, log, checkpoint."""
+"""The training loop every recipe shares: collect, store, update, evaluate, log, checkpoint.
+
+[`train`][] reads top to bottom; what a checkpoint holds and how a resume puts it back is
+[`RunState`][dqs_torchrl.experiments.harness.state.RunState]'s.
+"""
 
 from __future__ import annotations
 
 import csv
-import logging
 import random
 from collections.abc import Callable
 from datetime import timedelta
@@ -14,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tensordict import TensorDict
 from torchrl.collectors import Collector, MultiAsyncCollector, MultiSyncCollector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs import EnvBase
@@ -23,7 +25,6 @@ from torchrl.record.loggers import Logger, get_logger
 from tqdm.auto import tqdm
 
 from dqs_torchrl.experiments.harness.agents import Agent, NonFiniteLossError, make_agent
-from dqs_torchrl.experiments.harness.checkpoint import save_checkpoint
 from dqs_torchrl.experiments.harness.config import (
     EVAL_SEED_OFFSET,
     config_fields,
@@ -33,25 +34,14 @@ from dqs_torchrl.experiments.harness.config import (
 from dqs_torchrl.experiments.harness.plotting import plot_learning_curve
 from dqs_torchrl.experiments.harness.resume import (
     SeededReset,
-    collector_state,
-    find_seeded_reset,
-    restore_collector,
-    rng_state,
-    set_rng_state,
     truncate_eval_log,
     truncate_scalar_logs,
 )
-from dqs_torchrl.experiments.harness.rundir import (
-    check_networks,
-    lock_run_dir,
-    open_run,
-    run_identity,
-)
+from dqs_torchrl.experiments.harness.rundir import lock_run_dir, open_run
+from dqs_torchrl.experiments.harness.state import RunState
 from dqs_torchrl.experiments.harness.video import log_video, write_video
 
 __all__ = ["train", "make_env", "make_logger", "hparams", "evaluate", "append_csv_row"]
-
-log = logging.getLogger(__name__)
 
 VIDEO_FPS = 30  # evaluation videos play at 30 frames/s, one frame per environment step
 
@@ -159,7 +149,8 @@ def _ray_collector(makers: list[Any], policy: Any, sync: bool = True, **kwargs: 
     )
     # The first push connects a gloo process group with every actor. TorchRL 0.14.1 gives the
     # actors a fixed 60 s to join; on a loaded 2-core machine (a test suite beside 2 actors)
-    # joining took longer and the run died, so the driver side waits up to 10 minutes.
+    # joining took longer and the run died, so the driver side waits up to 10 minutes. The
+    # limit is a private module constant: neither RayCollector nor RayWeightSyncScheme takes it.
     from torchrl.weight_update import _ray as ray_weight_sync
 
     ray_weight_sync._DIST_TIMEOUT = max(ray_weight_sync._DIST_TIMEOUT, timedelta(minutes=10))
@@ -224,19 +215,6 @@ def evaluate(
     return returns, trajectories
 
 
-def _buffer_state(buffer: TensorDictReplayBuffer) -> dict[str, Any]:
-    n = len(buffer)
-    data = buffer.storage[:n] if n else TensorDict()
-    return {"data": data.to_dict(), "length": n, "cursor": buffer._writer._cursor}
-
-
-def _load_buffer(buffer: TensorDictReplayBuffer, state: dict[str, Any]) -> None:
-    if state["data"]:
-        data = TensorDict.from_dict(state["data"], batch_size=[state["length"]])
-        buffer.extend(data)
-    buffer._writer._cursor = state["cursor"]
-
-
 class _EvalLog:
     """`eval.csv` in the run directory: one row per evaluation, kept across resumes."""
 
@@ -274,40 +252,57 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
 
 def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    ckpt_dir = run_dir / "checkpoints"
-    resume_from = open_run(cfg, run_dir)
-    identity = run_identity(cfg)
+    resume_from = open_run(cfg, run_dir)  # the checkpoint to resume from, or None
     seed_everything(cfg.seed)
-
-    env = make_env(cfg, cfg.seed)
-    eval_env = make_env(cfg, cfg.seed + EVAL_SEED_OFFSET)
+    env, eval_env = make_env(cfg, cfg.seed), make_env(cfg, cfg.seed + EVAL_SEED_OFFSET)
     device = resolve_device(cfg)
     agent = make_agent(cfg, env, device)
     buffer = TensorDictReplayBuffer(
         storage=LazyTensorStorage(cfg.buffer.size), batch_size=cfg.buffer.batch_size
     )
-
-    frames = 0
-    state: dict[str, Any] = {}
+    run = RunState(cfg, agent, buffer, eval_env)
     if resume_from is not None:
-        ckpt, state = resume_from
-        check_networks(state["agent"], agent.state_dict(), ckpt)
-        agent.load_state_dict(state["agent"])
-        _load_buffer(buffer, state["buffer"])
-        frames = int(state["frames"])
-        if "eval_env" in state:
-            find_seeded_reset(eval_env).resets = int(state["eval_env"]["resets"])
-        log.info("resumed from %s at %d frames", ckpt, frames)
+        run.restore(*resume_from)
     OmegaConf.save(cfg, run_dir / "config.yaml")  # after a resume could fail: nothing is lost
-    eval_log = _EvalLog(run_dir / "eval.csv", frames)
-    truncate_scalar_logs(run_dir / "logs", frames)  # rows a killed run logged past its checkpoint
+    eval_log = _EvalLog(run_dir / "eval.csv", run.frames)
+    truncate_scalar_logs(run_dir / "logs", run.frames)  # rows logged past the checkpoint
     logger = make_logger(cfg, run_dir)
+    if run.frames >= cfg.collector.total_frames:
+        return {"run_dir": str(run_dir), "frames": run.frames}
+    collector = _collector_for(cfg, env, agent, device, run.frames)
+    bar = _progress_bar(cfg, run.frames)
+    try:
+        run.restore_collection(collector)  # a resume's episode in progress, then the RNGs
+        for batch in collector:
+            batch = batch.reshape(-1)
+            buffer.extend(batch)
+            run.frames += batch.numel()
+            agent.step_frames(batch.numel())
+            for _ in range(run.updates_due(batch.numel())):
+                run.metrics = _update(agent, _on(buffer.sample(), device), run_dir, run.frames)
+            if not isinstance(collector, Collector):  # workers in other processes, Ray actors
+                collector.update_policy_weights_()  # act with the new weights
+            _log_training(logger, batch, run, eval_env)
+            if run.evaluation_due():
+                run.last_eval = _evaluate_and_plot(
+                    cfg, eval_env, agent, run.frames, run_dir, eval_log, logger
+                )
+            if run.checkpoint_due():
+                run.save(run_dir / "checkpoints", collector)
+            _show_progress(bar, batch.numel(), run)
+    finally:
+        bar.close()
+        collector.shutdown()
+    return _summary(run_dir, run)
 
+
+def _collector_for(
+    cfg: DictConfig, env: EnvBase, agent: Agent, device: torch.device, frames: int
+) -> Any:
+    """The collector of a run that has collected `frames` already: the frames still to go,
+    at random while fewer than `collector.init_random_frames` are in."""
     total = cfg.collector.total_frames
-    summary: dict[str, Any] = {"run_dir": str(run_dir), "frames": frames}
-    if frames >= total:
-        return summary
-    collector = _make_collector(
+    return _make_collector(
         cfg,
         env,
         agent.policy,
@@ -323,109 +318,65 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             else {}
         ),
     )
-    # Workers in other processes (or Ray actors) hold copies of the policy: push after updates.
-    remote_workers = not isinstance(collector, Collector)
-    loop = state.get("loop", {})  # absent from checkpoints older than exact resume
-    next_eval = loop.get(
-        "next_eval", (frames // cfg.eval.interval_frames + 1) * cfg.eval.interval_frames
+
+
+def _progress_bar(cfg: DictConfig, frames: int) -> tqdm:
+    return tqdm(
+        total=cfg.collector.total_frames,
+        initial=frames,
+        unit="frame",
+        disable=not cfg.progress_bar,
+        dynamic_ncols=True,
     )
-    next_ckpt = loop.get(
-        "next_ckpt",
-        (frames // cfg.checkpoint.interval_frames + 1) * cfg.checkpoint.interval_frames,
-    )
-    debt = loop.get("debt", 0.0)  # fractional updates owed by utd_ratio
-    metrics: dict[str, float] = dict(loop.get("metrics", {}))  # logged again until the next update
-    last_eval: float | None = loop.get("last_eval")
-    if last_eval is not None:
-        summary["eval"] = last_eval
-    box = (eval_env.action_spec.space.low, eval_env.action_spec.space.high)
-    bar = tqdm(
-        total=total, initial=frames, unit="frame", disable=not cfg.progress_bar, dynamic_ncols=True
-    )
+
+
+def _show_progress(bar: tqdm, frames: int, run: RunState) -> None:
+    bar.update(frames)
+    last = "-" if run.last_eval is None else f"{run.last_eval:.1f}"
+    bar.set_postfix(eval=last, updates=run.agent.num_updates, refresh=False)
+
+
+def _summary(run_dir: Path, run: RunState) -> dict[str, Any]:
+    return {
+        "run_dir": str(run_dir),
+        "frames": run.frames,
+        **({} if run.last_eval is None else {"eval": run.last_eval}),
+        "updates": run.agent.num_updates,
+        "eval_csv": str(run_dir / "eval.csv"),
+        "curve": str(run_dir / "learning_curve.png"),
+    }
+
+
+def _update(agent: Agent, batch: Any, run_dir: Path, frames: int) -> dict[str, float]:
+    """One update of `agent` on `batch`, its metrics. A non-finite loss stops the run with a
+    diagnostic snapshot of the agent in `run_dir/diagnostics`; the checkpoints stay as they are."""
     try:
-        if state:
-            _resume_collection(collector, state)
-        for batch in collector:
-            batch = batch.reshape(-1)
-            buffer.extend(batch)
-            frames += batch.numel()
-            agent.step_frames(batch.numel())
-            if frames > cfg.collector.init_random_frames:
-                debt += batch.numel() * cfg.optim.utd_ratio
-                while debt >= 1:
-                    debt -= 1
-                    try:
-                        metrics = agent.update(_on(buffer.sample(), device))
-                    except NonFiniteLossError as err:
-                        snap = run_dir / "diagnostics" / f"nonfinite_{frames:012d}.pt"
-                        snap.parent.mkdir(exist_ok=True)
-                        torch.save({"frames": frames, "agent": agent.state_dict()}, snap)
-                        raise NonFiniteLossError(
-                            f"{err} frames={frames}. Diagnostic snapshot: {snap}; the last "
-                            f"good checkpoint in {ckpt_dir} is untouched."
-                        ) from None
-            if remote_workers:
-                collector.update_policy_weights_()  # workers act with the new weights
-            done = batch["next", "done"].squeeze(-1)
-            if done.any():
-                logger.log_scalar(
-                    "train/episode_return",
-                    batch["next", "episode_reward"][done].mean().item(),
-                    frames,
-                )
-            for key, value in metrics.items():
-                logger.log_scalar(f"train/{key}", value, frames)
-            for key, value in action_stats(batch["action"], *box).items():
-                logger.log_scalar(f"train/{key}", value, frames)
-            if agent.scheduler is not None:
-                logger.log_scalar("train/temperature", agent.scheduler.value, frames)
-            if frames >= next_eval or frames >= total:
-                if frames >= next_eval:  # not the end-of-run one: a longer resume keeps the grid
-                    next_eval += cfg.eval.interval_frames
-                last_eval = _evaluate_and_plot(
-                    cfg, eval_env, agent, frames, run_dir, eval_log, logger
-                )
-                summary["eval"] = last_eval
-            if frames >= next_ckpt or frames >= total:
-                if frames >= next_ckpt:
-                    next_ckpt += cfg.checkpoint.interval_frames
-                save_checkpoint(
-                    {
-                        "agent": agent.state_dict(),
-                        "buffer": _buffer_state(buffer),
-                        "frames": frames,
-                        "loop": {
-                            "next_eval": next_eval,
-                            "next_ckpt": next_ckpt,
-                            "debt": debt,
-                            "metrics": metrics,
-                            "last_eval": last_eval,
-                        },
-                        "eval_env": {"resets": find_seeded_reset(eval_env).resets},
-                        "collector": collector_state(collector),
-                        "identity": identity,  # what a resume must match (rundir.open_run)
-                        "rng": rng_state(),  # last: nothing draws between here and the next batch
-                    },
-                    ckpt_dir,
-                    frames,
-                    keep_last=cfg.checkpoint.keep_last,
-                )
-            bar.update(batch.numel())
-            bar.set_postfix(
-                eval=f"{last_eval:.1f}" if last_eval is not None else "-",
-                updates=agent.num_updates,
-                refresh=False,
-            )
-    finally:
-        bar.close()
-        collector.shutdown()
-    summary.update(
-        frames=frames,
-        updates=agent.num_updates,
-        eval_csv=str(run_dir / "eval.csv"),
-        curve=str(run_dir / "learning_curve.png"),
-    )
-    return summary
+        return agent.update(batch)
+    except NonFiniteLossError as err:
+        snap = run_dir / "diagnostics" / f"nonfinite_{frames:012d}.pt"
+        snap.parent.mkdir(exist_ok=True)
+        torch.save({"frames": frames, "agent": agent.state_dict()}, snap)
+        raise NonFiniteLossError(
+            f"{err} frames={frames}. Diagnostic snapshot: {snap}; the last "
+            f"good checkpoint in {run_dir / 'checkpoints'} is untouched."
+        ) from None
+
+
+def _log_training(logger: Logger, batch: Any, run: RunState, eval_env: EnvBase) -> None:
+    """The batch's finished episodes, the last update's metrics, how the actions fill the
+    action box, and the temperature, at `run.frames`."""
+    frames = run.frames
+    done = batch["next", "done"].squeeze(-1)
+    if done.any():
+        episode_return = batch["next", "episode_reward"][done].mean().item()
+        logger.log_scalar("train/episode_return", episode_return, frames)
+    for key, value in run.metrics.items():
+        logger.log_scalar(f"train/{key}", value, frames)
+    box = eval_env.action_spec.space
+    for key, value in action_stats(batch["action"], box.low, box.high).items():
+        logger.log_scalar(f"train/{key}", value, frames)
+    if run.agent.scheduler is not None:
+        logger.log_scalar("train/temperature", run.agent.scheduler.value, frames)
 
 
 def action_stats(action: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> dict[str, float]:
@@ -434,27 +385,6 @@ def action_stats(action: torch.Tensor, low: torch.Tensor, high: torch.Tensor) ->
     box `[low, high]` (uniform noise gives 0.5 and 0.1, bang-bang actions 1 and 1)."""
     u = (2.0 * (action.float() - low) / (high - low) - 1.0).abs()
     return {"action_abs_mean": u.mean().item(), "action_saturated": (u > 0.9).float().mean().item()}
-
-
-def _resume_collection(collector: Any, state: dict[str, Any]) -> None:
-    """Put the environment and the collector back where the checkpoint found them, then the
-    random generators (last, so nothing done here draws from them)."""
-    if state.get("collector") is None or not isinstance(collector, Collector):
-        log.warning(
-            "no collector state to restore (a multi-process collector, or a checkpoint older "
-            "than exact resume): the episode in progress restarts, so the resumed run is not "
-            "identical to an uninterrupted one."
-        )
-    elif not restore_collector(collector, state["collector"]):
-        log.warning(
-            "replaying the episode in progress did not reproduce the checkpoint's environment "
-            "state bit for bit (another machine or MuJoCo build?): the run continues from the "
-            "replayed state and is not identical to an uninterrupted one."
-        )
-    if "rng" in state:
-        set_rng_state(state["rng"])
-    else:
-        torch.set_rng_state(state["torch_rng"])
 
 
 def _evaluate_and_plot(

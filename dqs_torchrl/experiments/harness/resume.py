@@ -1,45 +1,40 @@
-"""Exact resume: the run state a checkpoint holds beyond networks and buffer, and its restore.
+"""Exact resume's groundwork: episodes that can be rebuilt, and logs cut back to the checkpoint.
 
 A run killed at any point continues from its last checkpoint as if it had never stopped (on
 CPU, with one collector process, on the same machine): the environment is put back in the
 episode it was in, the collector carries the same data into its next step, every random
 generator continues where it was, and log rows written past the checkpoint are dropped.
+What a checkpoint holds, and its restore, is
+[`RunState`][dqs_torchrl.experiments.harness.state.RunState]'s.
 
 dm_control and gymnasium have no serialisable environment state, but their simulation is
 deterministic on one machine. So every reset is seeded from the run's seed and the reset's
 index ([`SeededReset`][]), the actions since the last reset are recorded, and a resume
-redoes that reset and replays those actions ([`restore_collector`][]).
+redoes that reset and replays those actions
+([`restore_collector`][dqs_torchrl.experiments.harness.state.restore_collector]). Log rows
+past the checkpoint go with [`truncate_scalar_logs`][] and [`truncate_eval_log`][].
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import random
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDictBase
 from torch import Tensor
-from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, Transform, TransformedEnv
 
 __all__ = [
     "SeededReset",
-    "collector_state",
     "find_seeded_reset",
     "reset_seed",
-    "restore_collector",
-    "rng_state",
-    "set_rng_state",
     "truncate_eval_log",
     "truncate_scalar_logs",
 ]
-
-log = logging.getLogger(__name__)
 
 
 def reset_seed(seed: int, index: int) -> int:
@@ -117,107 +112,6 @@ def find_seeded_reset(env: EnvBase | None) -> SeededReset | None:
         return None
     transforms = getattr(env.transform, "transforms", [env.transform])
     return next((t for t in transforms if isinstance(t, SeededReset)), None)
-
-
-def collector_state(collector: Any) -> dict[str, Any] | None:
-    """What a single-process `Collector` carries from one batch to the next.
-
-    The episode in progress ([`SeededReset.episode`][]), the carrier (the data the next step
-    starts from: observation, step count, episode return, trajectory id) and the next
-    trajectory id. `None` for multi-process collectors: their environments live in the
-    workers, so a resume starts them afresh.
-    """
-    seeded = find_seeded_reset(getattr(collector, "env", None))
-    if not isinstance(collector, Collector) or seeded is None:
-        return None
-    # TorchRL 0.14 has no public access to the in-flight carrier: Collector.load_state_dict
-    # restores the counters but deliberately starts a new trajectory.
-    return {
-        **seeded.episode(),
-        "carrier": collector._carrier.clone().to_dict(),
-        "traj_pool": collector._traj_pool.state_dict()["traj_id"],
-    }
-
-
-def restore_collector(collector: Any, state: dict[str, Any]) -> bool:
-    """Put a freshly built `collector` back where [`collector_state`][] found it.
-
-    Redoes the reset that began the episode in progress, replays its actions, then restores
-    the carrier and the trajectory counter. Returns whether the replayed environment matches
-    the checkpoint bit for bit; when it does not (another machine or MuJoCo build), the
-    replayed state is kept so that transitions stay consistent with the simulator, and the
-    resumed run is no longer identical to an uninterrupted one.
-    """
-    env = collector.env
-    seeded = find_seeded_reset(env)
-    seeded.resets = int(state["resets"]) - 1
-    replayed = env.reset()
-    for action in state["actions"]:
-        replayed.set(env.action_key, action)
-        _, replayed = env.step_and_maybe_reset(replayed)
-    device = collector._carrier.device
-    carrier = TensorDict.from_dict(state["carrier"], batch_size=env.batch_size, device=device)
-    exact = seeded.resets == int(state["resets"]) and all(
-        carrier.get(key, None) is not None and torch.equal(value, carrier.get(key))
-        for key, value in replayed.items(include_nested=True, leaves_only=True)
-    )
-    if not exact:
-        carrier = replayed.update(carrier.select("collector", strict=False))
-        if device is None:
-            carrier.clear_device_()
-    collector._carrier = carrier
-    collector._traj_pool.load_state_dict({"traj_id": state["traj_pool"]})
-    return exact
-
-
-def rng_state() -> dict[str, Any]:
-    """The torch, numpy and python `random` generator states, as `weights_only` types.
-
-    Examples:
-        >>> state = rng_state()
-        >>> a = torch.rand(1), np.random.rand(), random.random()
-        >>> set_rng_state(state)
-        >>> a == (torch.rand(1), np.random.rand(), random.random())
-        True
-    """
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "python": {
-            "version": version,
-            "internal": torch.tensor(internal, dtype=torch.int64),
-            "gauss_next": gauss_next,
-        },
-        # The CUDA generators too, when a GPU is in use (their kernels may still not be
-        # deterministic: exact resume is promised on the CPU only).
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore the generators saved by [`rng_state`][]."""
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(
-        (
-            "MT19937",
-            n["keys"].numpy().astype(np.uint32),
-            n["pos"],
-            n["has_gauss"],
-            n["cached_gaussian"],
-        )
-    )
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss_next"]))
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _row_step(line: str, columns: int = 2) -> int | None:
