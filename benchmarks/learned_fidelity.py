@@ -26,6 +26,10 @@ Training points (``--sources``):
   actions do in DQS, plus the ``uniform_fraction`` of the configuration.
 * ``uniform``: latents of uniform box actions only (``IDEMScoreLoss.uniform_latents``), a
   proposal that knows nothing of Q.
+* ``limit``: no network and no training: the actor samples with the mean of ``--limit-repeats``
+  independent K-draw targets of ``IDEMScoreLoss.score_target`` in place of the score network,
+  which is what the L2 regression converges to with unlimited data and capacity. Its error is
+  the estimator's (and the sampler's) alone; a trained row's excess over it is fitting error.
 
 Configurations (``--configs``; every one trains with Adam 1e-3, cosine decay to 5e-5, grad-norm
 clip 10, an EMA of the weights (Polyak 0.002) used for sampling, batch ``--batch`` per
@@ -308,6 +312,7 @@ class Sizes:
     num_draws: int = 4000  # evaluation draws per case
     width: int = 128
     embedding: int = 64
+    limit_repeats: int = 16  # source "limit": K-draw targets averaged per score call
 
 
 class SelfReplay:
@@ -329,6 +334,35 @@ class SelfReplay:
     def draw(self, case_index: Tensor) -> Tensor:
         pick = torch.randint(0, self.sizes.capacity, case_index.shape)
         return torch.stack(self.latents)[case_index, pick]
+
+
+class EstimatorLimit(torch.nn.Module):
+    """A score "network" `forward(s, x, tau, T)` that returns the mean of `repeats`
+    independent estimates of `loss.score_target` at `sigma(tau)`: the infinite-data limit of
+    the score regression (any `DiffusionActor` samples it, as any score model)."""
+
+    def __init__(self, loss: IDEMScoreLoss, schedule: Any, repeats: int) -> None:
+        super().__init__()
+        self.loss, self.schedule, self.repeats = loss, schedule, repeats
+
+    def forward(self, observation: Tensor, x: Tensor, tau: Tensor, temperature: Tensor) -> Tensor:
+        (value,) = temperature.unique().tolist()  # one temperature per call, as evaluated
+        self.loss.temperature = value
+        sigma = self.schedule.sigma(tau).expand(x.shape[0], 1)
+        estimates = [self.loss.score_target(observation, x, sigma)[0] for _ in range(self.repeats)]
+        return torch.stack(estimates).mean(0)
+
+
+def limit_actor(target: Target, config: dict[str, Any], sizes: Sizes) -> DiffusionActor:
+    """The actor of `config` sampling the estimator's infinite-data limit ([`EstimatorLimit`])."""
+    reference = make_actor(target, config, sizes)
+    critic = EnergyCritic(lambda s, a: -target.q_value(s, a), uses_observation=True)
+    loss = IDEMScoreLoss(reference, critic, **{k: config[k] for k in _LOSS_KEYS})
+    return DiffusionActor(
+        EstimatorLimit(loss, reference.schedule, sizes.limit_repeats),
+        Bounded(target.low, target.high, shape=(target.action_dim,)),
+        **{k: config[k] for k in _ACTOR_KEYS},
+    )
 
 
 def make_actor(target: Target, config: dict[str, Any], sizes: Sizes) -> DiffusionActor:
@@ -388,7 +422,11 @@ def run(
     target: Target, config: dict[str, Any], source: str, seed: int, sizes: Sizes
 ) -> dict[str, Any]:
     """Train, then sample and measure; the numbers of one (target, config, source, seed)."""
-    actor, seconds = train(target, config, source, seed, sizes)
+    if source == "limit":
+        torch.manual_seed(seed)
+        actor, seconds = limit_actor(target, config, sizes), 0.0
+    else:
+        actor, seconds = train(target, config, source, seed, sizes)
     torch.manual_seed(derive_seed("eval", target.name, seed))
     start = time.perf_counter()
     with torch.no_grad():
@@ -406,7 +444,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_common_args(parser)
     parser.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated")
     parser.add_argument("--targets", default=",".join(TARGETS), help=", ".join(TARGETS))
-    parser.add_argument("--sources", default="self,uniform", help="training points: self, uniform")
+    parser.add_argument(
+        "--sources", default="self,uniform", help="training points: self, uniform, limit"
+    )
     parser.add_argument(
         "--configs",
         default="paper,fast,recommended",
@@ -419,7 +459,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.seeds, args.updates, args.batch, args.num_draws = "0", 20, 16, 200
         args.refresh_every, args.refresh_size, args.capacity = 10, 16, 64
-        args.width, args.embedding = 32, 16
+        args.width, args.embedding, args.limit_repeats = 32, 16, 2
     return args
 
 
