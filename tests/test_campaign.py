@@ -168,6 +168,9 @@ groups:
     assert (data / "cartpole-balance.png").stat().st_size > 1000
     rows = {int(r["frames"]): float(r["return_mean"]) for r in campaign._eval_rows(eval_csv)}
     claims = (data / "claims.md").read_text()
+    returns = (data / "returns.md").read_text().splitlines()
+    assert returns[0] == "| cartpole-balance | 150 | 300 |"
+    assert returns[2] == f"| sac seed0 | {rows[150]:.1f} | {rows[300]:.1f} |"
     # SAC is the baseline itself: the first evaluation that reaches half its final return
     reach = "150" if rows[150] >= 0.5 * rows[300] else "300"
     if rows[300] <= 0:

@@ -343,6 +343,29 @@ def claim_table(
     return "\n".join(lines) + "\n"
 
 
+def returns_table(data: Path) -> str:
+    """Per task under `data`, one row per run (`<method>/seed<k>`): the evaluation return at
+    every frame count any run of the task evaluated (`-` where this one has not)."""
+    runs: dict[str, list[tuple[str, dict[int, float]]]] = {}
+    for path in sorted(data.glob("*/*/seed*/eval.csv")):
+        rows = _eval_rows(path)
+        if rows:
+            at = {int(float(r["frames"])): float(r["return_mean"]) for r in rows}
+            runs.setdefault(path.parts[-4], []).append((f"{path.parts[-3]} {path.parts[-2]}", at))
+    blocks = []
+    for task, task_runs in runs.items():
+        frames = sorted({f for _, at in task_runs for f in at})
+        lines = [
+            f"| {task} | {' | '.join(_k(f) for f in frames)} |",
+            "| --- " * (len(frames) + 1) + "|",
+        ]
+        for name, at in task_runs:
+            cells = [f"{at[f]:.1f}" if f in at else "-" for f in frames]
+            lines.append(f"| {name} | {' | '.join(cells)} |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
 def plot_train_metric(data: Path, task: str, metric: str, path: Path) -> bool:
     """One line per method and seed of a `train.csv` column against frames; False if none."""
     fig, ax = agg_figure((5, 3.5))
@@ -384,6 +407,7 @@ def report(
     table = claim_table(dmc, at=at, fraction=fraction)
     (out / "claims.md").write_text(table)
     print(table)
+    (out / "returns.md").write_text(returns_table(data))
     if len(dmc) > 1:
         print(plot.iqm_table(dmc, 1000.0, out, reps))
     print(f"figures and tables written to {out}")
