@@ -110,7 +110,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # noise moves no mass), Euler-Maruyama with 30 geometric steps to 1e-2 + Tweedie
     # (exact-score mode error ~0.01 on the 3-mode target where the fast grid's 10 ancestral
     # steps leave 0.045). A quarter of uniform training latents measured 0.035 vs 0.023
-    # without (one seed): not shown to help, so off.
+    # without (one seed): not shown to help, so off. At 8000 updates it measured worse
+    # (0.09 on 3 seeds; docs/performance.md): not a recipe default.
     "recommended": _preset(
         "fast",
         sigma_min=1e-2,
