@@ -70,8 +70,7 @@ class Run:
 
     def frames_done(self, root: Path) -> int:
         """The last evaluated frame count (0 before the first evaluation)."""
-        rows = _eval_rows(self.path(root) / "eval.csv")
-        return int(float(rows[-1]["frames"])) if rows else 0
+        return _last_frames(self.path(root) / "eval.csv")
 
     def has_checkpoint(self, root: Path) -> bool:
         return any((self.path(root) / "checkpoints").glob("ckpt_*.pt"))
@@ -259,6 +258,7 @@ def train_summary(run_dir: Path, window: int = 10_000) -> list[dict[str, float]]
 
 
 def _last_frames(path: Path) -> int:
+    """The last evaluated frame count of an eval.csv (0 before the first evaluation)."""
     rows = _eval_rows(path)
     return int(float(rows[-1]["frames"])) if rows else 0
 
