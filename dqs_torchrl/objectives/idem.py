@@ -383,7 +383,7 @@ class IDEMScoreLoss(LossModule):
         x = x_a + sigma * torch.randn_like(x_a)
         target, diag = self.score_target(observation, x, sigma)
         temperature = self.temperature.expand_as(tau)
-        pred = self.actor_network.score_network(observation, x, tau, temperature)
+        pred = self.actor_network.score(observation, x, tau, temperature)
         err = (pred - target).pow(2).sum(-1, keepdim=True)
         if self.loss_weighting == "sigma2":
             err = err * (sigma.pow(2) + 1e-3)
