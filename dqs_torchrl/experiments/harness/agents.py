@@ -134,6 +134,7 @@ def _diffusion_actor(cfg: DictConfig, env: EnvBase, device: torch.device) -> Dif
         spacing=a.spacing,
         sigma_end=a.sigma_end,
         denoise=a.denoise,
+        parameterization=a.parameterization,
         temperature=a.temperature.initial,
         ema=a.ema,
         compile_sampler=a.compile_sampler,
