@@ -83,7 +83,7 @@ NAME = "learned_fidelity"
 # ---------------------------------------------------------------------------------------------
 
 _ACTOR_KEYS = ("sigma_min", "sigma_max", "num_steps", "sampler", "spacing", "sigma_end")
-_ACTOR_KEYS += ("denoise", "prior")
+_ACTOR_KEYS += ("denoise", "prior", "parameterization")
 _LOSS_KEYS = ("num_mc_samples", "num_mc_samples_small", "small_sigma", "estimator")
 _LOSS_KEYS += ("uniform_fraction",)
 
@@ -98,20 +98,23 @@ def _preset(name: str, **changes: Any) -> dict[str, Any]:
     path = Path(configs.__file__).parent / "fidelity" / f"{name}.yaml"
     config = dict(OmegaConf.to_container(OmegaConf.load(path)))
     base = {"sigma_min": 1e-5, "sigma_max": 1.0, "prior": "paper", "uniform_fraction": 0.0}
+    base["parameterization"] = "score"
     return {**base, **config, **changes}
 
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "paper": _preset("paper"),
     "fast": _preset("fast"),
-    # Chosen by the measurements in docs/performance.md (Learned sampler fidelity; seed 0 and
-    # 3000 updates so far): the matched start (issue 11, item 1) at sigma_max 1 (sigma_max 2,
-    # the exact-score optimum, trained too slowly: 0.16-0.19), training sigmas from 1e-2 (below,
-    # noise moves no mass), Euler-Maruyama with 30 geometric steps to 1e-2 + Tweedie
-    # (exact-score mode error ~0.01 on the 3-mode target where the fast grid's 10 ancestral
-    # steps leave 0.045). A quarter of uniform training latents measured 0.035 vs 0.023
-    # without (one seed): not shown to help, so off. At 8000 updates it measured worse
-    # (0.09 on 3 seeds; docs/performance.md): not a recipe default.
+    # Chosen by the measurements in docs/performance.md (Learned sampler fidelity): the matched
+    # start (issue 11, item 1) at sigma_max 1 (sigma_max 2, the exact-score optimum, trained too
+    # slowly: 0.16-0.19), training sigmas from 1e-2 (below, noise moves no mass),
+    # Euler-Maruyama with 30 geometric steps to 1e-2 + Tweedie (exact-score mode error ~0.01 on
+    # the 3-mode target where the fast grid's 10 ancestral steps leave 0.045); a network that
+    # outputs sigma * score (a score-output network drifted away from the regression's limit
+    # with training: 0.09 at 8000 updates); K = 64 draws above sigma 0.3 and 16 below (K = 16
+    # everywhere leaves 0.034 of estimator bias on the small far mode even with unlimited
+    # data, 64/16 leaves 0.024, 64 everywhere 0.012). Uniform training latents
+    # (uniform_fraction) measured no help: off.
     "recommended": _preset(
         "fast",
         sigma_min=1e-2,
@@ -119,6 +122,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
         prior="matched",
         sampler="euler_maruyama",
         num_steps=30,
+        parameterization="noise",
+        num_mc_samples=64,
+        num_mc_samples_small=16,
+        small_sigma=0.3,
         uniform_fraction=0.0,
     ),
 }
@@ -156,7 +163,8 @@ def config_summary(config: dict[str, Any]) -> str:
     sampler = f"{config['sampler']} {config['num_steps']} to {end:g}"
     sampler += " + Tweedie" if config["denoise"] else ""
     start = f"{config['prior']} prior, sigma_max {config['sigma_max']:g}"
-    return f"{k}; {start}; {sampler}; uniform_fraction {config['uniform_fraction']:g}"
+    net = f"network outputs the {config['parameterization']}"
+    return f"{k}; {start}; {sampler}; {net}; uniform_fraction {config['uniform_fraction']:g}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,10 +367,11 @@ def limit_actor(target: Target, config: dict[str, Any], sizes: Sizes) -> Diffusi
     reference = make_actor(target, config, sizes)
     critic = EnergyCritic(lambda s, a: -target.q_value(s, a), uses_observation=True)
     loss = IDEMScoreLoss(reference, critic, **{k: config[k] for k in _LOSS_KEYS})
+    # The limit returns scores: read as such whatever the configuration's parameterization.
     return DiffusionActor(
         EstimatorLimit(loss, reference.schedule, sizes.limit_repeats),
         Bounded(target.low, target.high, shape=(target.action_dim,)),
-        **{k: config[k] for k in _ACTOR_KEYS},
+        **{k: config[k] for k in _ACTOR_KEYS if k != "parameterization"},
     )
 
 
@@ -376,9 +385,16 @@ def make_actor(target: Target, config: dict[str, Any], sizes: Sizes) -> Diffusio
 
 
 def train(
-    target: Target, config: dict[str, Any], source: str, seed: int, sizes: Sizes
+    target: Target,
+    config: dict[str, Any],
+    source: str,
+    seed: int,
+    sizes: Sizes,
+    probe: Callable[[int, DiffusionActor], None] | None = None,
+    probe_every: int = 1000,
 ) -> tuple[DiffusionActor, float]:
-    """Train one network for every case of ``target``; returns the actor and the seconds."""
+    """Train one network for every case of ``target``; returns the actor and the seconds.
+    ``probe(updates, actor)`` is called every ``probe_every`` updates (its time counts)."""
     torch.manual_seed(seed)
     actor = make_actor(target, config, sizes)
     critic = EnergyCritic(lambda s, a: -target.q_value(s, a), uses_observation=True)
@@ -416,6 +432,8 @@ def train(
         optimizer.step()
         schedule.step()
         ema.step()
+        if probe is not None and (step + 1) % probe_every == 0:
+            probe(step + 1, actor)
     return actor, time.perf_counter() - start
 
 

@@ -107,3 +107,24 @@ def test_guard_three_modes_from_its_own_samples(learned_fidelity):
     finally:
         torch.set_num_threads(threads)
     assert result["mode_error"] <= 0.05, result["masses"]
+
+
+def test_fidelity_probes_quick_run(capsys):
+    """`benchmarks/fidelity_probes.py --quick`: the split rows really swap score models. The
+    all-network row samples exactly what the trajectory's last probe sampled (same seed, the
+    EMA network read with its parameterization), and the all-limit row (no network) is far
+    better than a 20-update network."""
+    sys.path.insert(0, str(BENCHMARKS))
+    threads = torch.get_num_threads()
+    try:
+        probes = importlib.import_module("fidelity_probes")
+        found = probes.main(["--quick", "--config", "recommended"])
+    finally:
+        torch.set_num_threads(threads)
+        sys.path.remove(str(BENCHMARKS))
+    (last_step, last_error) = found["trajectory"][-1]
+    split = {(high, low): error for high, low, error in found["split"]}
+    assert last_step == 20 and split[("network", "network")] == last_error
+    assert split[("limit", "limit")] < last_error - 0.2
+    assert {("network > 0.1", "limit"), ("limit > 0.1", "network")} <= split.keys()
+    assert "| score for sigma > sigma_c |" in capsys.readouterr().out
