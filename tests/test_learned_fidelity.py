@@ -91,11 +91,12 @@ def test_estimator_limit_samples_the_three_mode_target(learned_fidelity):
 
 @pytest.mark.timeout(900)
 def test_guard_three_modes_from_its_own_samples(learned_fidelity):
-    """Issue 11's guard: the `recommended` settings, trained on the actor's OWN samples (the
-    RL case) for 3000 updates, sample every mode of the 3-mode target, at both temperatures
-    and both states, within 0.05 of its mass (measured: 0.023 / 0.042 / 0.032 for seeds
-    0 / 1 / 2, docs/performance.md; `fast` gets 0.104 there, its small mode at 0.05 of 0.12).
-    Note that 8000 updates measured worse (0.09): the guard is on what 3000 updates reach."""
+    """Issue 11's guard: the `recommended` settings (a network that outputs sigma * score,
+    K = 64 above sigma 0.3), trained on the actor's OWN samples (the RL case) for 3000
+    updates, sample every mode of the 3-mode target, at both temperatures and both states,
+    within 0.05 of its mass (measured 0.031 with seed 0; at 8000 updates 0.020 / 0.022 /
+    0.041 for seeds 0-2, docs/performance.md; `fast` gets 0.104 here, its small mode at 0.05
+    of 0.12). 3000 updates keep it to about half a minute of the suite."""
     target = learned_fidelity.three_mode_1d()
     target.prepare(2000, torch.Generator().manual_seed(0))
     _, config = learned_fidelity.parse_config("recommended")
