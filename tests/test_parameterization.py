@@ -7,6 +7,7 @@ by ``sigma`` itself: the two must draw the same samples and give the same loss."
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -114,3 +115,17 @@ def test_unknown_parameterization_is_named():
         ValueError, match=r"parameterization must be one of \['score', 'noise'\], got 'eps'"
     ):
         DiffusionActor(ScoreNetwork(3, 2, 16, 8), SPEC, parameterization="eps")
+
+
+def test_noise_parameterization_warns_where_the_weight_floor_dominates():
+    """With sigma^2 + 1e-3 weighting, a noise-output network's error at sigma is weighted
+    1 + 1e-3 / sigma^2: 1e7 at the paper's sigma_min = 1e-5. The loss says so; at 1e-2 not."""
+    critic = EnergyCritic(lambda a: -a.pow(2).sum(-1))
+    net = ScoreNetwork(0, 2, 16, 8)
+    low = DiffusionActor(net, SPEC, parameterization="noise", sigma_min=1e-5)
+    with pytest.warns(UserWarning, match=r"sigma_min=1e-05.*up to 1e\+07"):
+        IDEMScoreLoss(low, critic)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        IDEMScoreLoss(DiffusionActor(net, SPEC, parameterization="noise", sigma_min=1e-2), critic)
+        IDEMScoreLoss(DiffusionActor(net, SPEC, sigma_min=1e-5), critic)  # the paper's: silent

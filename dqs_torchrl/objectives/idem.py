@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -180,6 +181,20 @@ class IDEMScoreLoss(LossModule):
                 self.tensor_keys.observation,
                 self.tensor_keys.action,
                 self.tensor_keys.state_action_value,
+            )
+        sigma_min = actor_network.schedule.sigma_min
+        if (
+            getattr(actor_network, "parameterization", "score") == "noise"
+            and loss_weighting == "sigma2"
+            and sigma_min < 1e-3
+        ):
+            warnings.warn(
+                f"parameterization='noise' with loss_weighting='sigma2' and sigma_min={sigma_min:g}"
+                ": in the network's output the weight is 1 + 1e-3 / sigma^2, up to "
+                f"{1 + 1e-3 / sigma_min**2:.0e} at sigma_min, so the lowest noise levels "
+                "dominate the loss; train from sigma_min >= 1e-2 (the samplers that end at "
+                "sigma_end = 1e-2 never read below it).",
+                stacklevel=2,
             )
         self.actor_network = actor_network
         # Held by reference, outside the module tree: the critic is trained by its own loss
