@@ -184,7 +184,7 @@ class IDEMScoreLoss(LossModule):
             )
         sigma_min = actor_network.schedule.sigma_min
         if (
-            getattr(actor_network, "parameterization", "score") == "noise"
+            actor_network.parameterization == "noise"
             and loss_weighting == "sigma2"
             and sigma_min < 1e-3
         ):
