@@ -37,7 +37,6 @@ import os
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
@@ -45,6 +44,7 @@ from dqs_torchrl import DiffusionActor
 from dqs_torchrl.experiments.harness.agents import make_agent
 from dqs_torchrl.experiments.harness.checkpoint import latest_checkpoint, load_checkpoint
 from dqs_torchrl.experiments.harness.loop import append_csv_row, make_env
+from dqs_torchrl.experiments.harness.policy import load_run_config
 
 
 def _policy_actions(
@@ -69,7 +69,7 @@ def diagnose(
     eval_episodes: int = 0,
     grid: int = 0,
 ) -> list[dict]:
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg = load_run_config(run_dir)
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None:
         raise SystemExit(f"no checkpoint in {run_dir / 'checkpoints'}")

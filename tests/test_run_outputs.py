@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from PIL import Image
 from test_recipes import recipe_command
 from torchrl.envs.utils import ExplorationType, set_exploration_type
@@ -147,3 +148,24 @@ def test_logger_mode_disabled_reaches_wandb(tmp_path, monkeypatch):
     assert logger.experiment.config["optim.lr"] == 3.0e-4  # the hparams reached it
     logger.log_scalar("eval/return_mean", 1.0, 10)
     assert not list(tmp_path.rglob("*.wandb"))
+
+
+@pytest.mark.parametrize("recipe", ["dqs_dmc", "dqs_maze"])
+def test_a_run_config_from_an_earlier_version_loads_with_new_fields(recipe, tmp_path, caplog):
+    """A run directory whose config.yaml predates a field (here `algo.parameterization`, added
+    in session 6, and `env.max_episode_steps`, which differs between the recipes) is rebuilt
+    with that field at its recipe's default, keeping every stored value, with a warning."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(recipe, overrides=["algo=dqs", "seed=7", "algo.ema_tau=0.01"])
+    expected_steps = cfg.env.max_episode_steps
+    OmegaConf.set_struct(cfg, False)
+    del cfg.algo["parameterization"], cfg.env["max_episode_steps"]
+    cfg.algo.retired_field = 3  # a field this version no longer has is kept, not refused
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    with caplog.at_level("WARNING"):
+        loaded = load_run_config(tmp_path)
+    assert loaded.algo.parameterization == "score"
+    assert loaded.env.max_episode_steps == expected_steps  # 300 for the maze, None for DMC
+    assert loaded.seed == 7 and loaded.algo.ema_tau == 0.01 and loaded.algo.retired_field == 3
+    assert "algo.parameterization='score'" in caplog.text
+    assert "env.max_episode_steps" in caplog.text

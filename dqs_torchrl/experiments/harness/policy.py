@@ -10,6 +10,7 @@ deterministically under `DETERMINISTIC`.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -25,10 +26,12 @@ from dqs_torchrl.experiments.harness.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
 )
+from dqs_torchrl.experiments.harness.config import compose_config, config_fields
 
 __all__ = ["POLICY_FORMAT", "export_policy", "load_policy", "load_run_config"]
 
 POLICY_FORMAT = "dqs-torchrl-policy/1"
+log = logging.getLogger(__name__)
 
 
 def _is_policy_file(source: Path) -> bool:
@@ -51,16 +54,44 @@ def _policy_blob(path: Path) -> dict[str, Any]:
 def load_run_config(source: str | Path) -> DictConfig:
     """The config of a run: `config.yaml` of the run directory `source`, or the config
     inside a policy file that [`export_policy`][] wrote. `make_env(cfg, seed)` builds
-    the run's environment from it."""
+    the run's environment from it. A config written by an earlier version gets the fields
+    added since at their defaults (logged; see `with_current_fields`)."""
     source = Path(source)
     if _is_policy_file(source):
-        return OmegaConf.create(_policy_blob(source)["config"])
+        return with_current_fields(OmegaConf.create(_policy_blob(source)["config"]), source)
     path = source / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(
             f"{source} is neither a run directory (no config.yaml) nor a policy file (.pt)."
         )
-    return OmegaConf.load(path)
+    return with_current_fields(OmegaConf.load(path), path)
+
+
+def with_current_fields(cfg: DictConfig, source: str | Path = "the run's config") -> DictConfig:
+    """`cfg`, a config an earlier version of the code wrote, with every field this version's
+    recipe has and `cfg` lacks added at its default (logged), so that the run can be rebuilt.
+
+    The defaults are those of the recipe (`dqs_maze` for `env.suite=maze`, else `dqs_dmc`)
+    with the run's `algo`; every field `cfg` has keeps its value, fields this version no longer
+    has are kept too. A default added later is the behaviour the run had only where the field
+    was added without changing behaviour (the project's rule for new fields)."""
+    suite = OmegaConf.select(cfg, "env.suite", default="dmc")
+    algo = OmegaConf.select(cfg, "algo.name", default=None)
+    if algo is None:
+        return cfg
+    defaults = compose_config(
+        [f"algo={algo}"], config_name="dqs_maze" if suite == "maze" else "dqs_dmc"
+    )
+    OmegaConf.set_struct(defaults, False)
+    merged = OmegaConf.merge(defaults, cfg)
+    added = sorted(set(config_fields(merged)) - set(config_fields(cfg)))
+    if added:
+        log.warning(
+            "%s was written by an earlier version: added at their defaults: %s",
+            source,
+            "; ".join(f"{k}={OmegaConf.select(merged, k)!r}" for k in added),
+        )
+    return merged
 
 
 def _checkpoint_path(run_dir: Path, checkpoint: str | Path | None) -> Path:
@@ -85,7 +116,12 @@ def _policy_state(
         if checkpoint is not None:
             raise ValueError(f"{source} is a policy file: it holds one policy, pass no checkpoint.")
         blob = _policy_blob(source)
-        return OmegaConf.create(blob["config"]), blob["policy"], blob["frames"], source
+        return (
+            with_current_fields(OmegaConf.create(blob["config"]), source),
+            blob["policy"],
+            blob["frames"],
+            source,
+        )
     path = _checkpoint_path(source, checkpoint)
     state = load_checkpoint(path)
     return load_run_config(source), state["agent"]["modules"]["policy"], state["frames"], path
