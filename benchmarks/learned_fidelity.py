@@ -105,29 +105,17 @@ def _preset(name: str, **changes: Any) -> dict[str, Any]:
 CONFIGS: dict[str, dict[str, Any]] = {
     "paper": _preset("paper"),
     "fast": _preset("fast"),
-    # Chosen by the measurements in docs/performance.md (Learned sampler fidelity): the matched
-    # start (issue 11, item 1) at sigma_max 1 (sigma_max 2, the exact-score optimum, trained too
-    # slowly: 0.16-0.19), training sigmas from 1e-2 (below, noise moves no mass),
-    # Euler-Maruyama with 30 geometric steps to 1e-2 + Tweedie (exact-score mode error ~0.01 on
-    # the 3-mode target where the fast grid's 10 ancestral steps leave 0.045); a network that
-    # outputs sigma * score (a score-output network drifted away from the regression's limit
-    # with training: 0.09 at 8000 updates); K = 64 draws above sigma 0.3 and 16 below (K = 16
-    # everywhere leaves 0.034 of estimator bias on the small far mode even with unlimited
-    # data, 64/16 leaves 0.024, 64 everywhere 0.012). Uniform training latents
-    # (uniform_fraction) measured no help: off.
-    "recommended": _preset(
-        "fast",
-        sigma_min=1e-2,
-        sigma_max=1.0,
-        prior="matched",
-        sampler="euler_maruyama",
-        num_steps=30,
-        parameterization="noise",
-        num_mc_samples=64,
-        num_mc_samples_small=16,
-        small_sigma=0.3,
-        uniform_fraction=0.0,
-    ),
+    # The recipes' `fidelity=accurate` (fidelity/accurate.yaml), chosen by the measurements in
+    # docs/performance.md (Learned sampler fidelity): the matched start (issue 11, item 1) at
+    # sigma_max 1 (sigma_max 2, the exact-score optimum, trained too slowly: 0.16-0.19),
+    # training sigmas from 1e-2 (below, noise moves no mass), Euler-Maruyama with 30 geometric
+    # steps to 1e-2 + Tweedie (exact-score mode error ~0.01 on the 3-mode target where the
+    # fast grid's 10 ancestral steps leave 0.045); a network that outputs sigma * score (a
+    # score-output network drifted away from the regression's limit with training: 0.09 at
+    # 8000 updates); K = 64 draws above sigma 0.3 and 16 below (K = 16 everywhere leaves 0.034
+    # of estimator bias on the small far mode even with unlimited data, 64/16 leaves 0.024, 64
+    # everywhere 0.012). Uniform training latents (uniform_fraction) measured no help: off.
+    "recommended": _preset("accurate"),
 }
 
 
@@ -318,10 +306,14 @@ class Sizes:
     refresh_every: int = 200
     refresh_size: int = 256  # fresh actor draws per case and refresh
     capacity: int = 1024  # replay latents per case
-    num_draws: int = 4000  # evaluation draws per case
+    # evaluation draws per case: the standard error of a mode mass is <= 0.004 at 16000 (0.008 at
+    # 4000, where the worst of 12 masses read 0.041 for a network that 16000 draws put at 0.029)
+    num_draws: int = 16000
     width: int = 128
     embedding: int = 64
     limit_repeats: int = 16  # source "limit": K-draw targets averaged per score call
+    lr_final: float = 5e-5  # Adam 1e-3, cosine to this
+    ema_tau: float = 0.002  # the sampled network: EMA of the trained one at this rate
 
 
 class SelfReplay:
@@ -399,10 +391,11 @@ def train(
     actor = make_actor(target, config, sizes)
     critic = EnergyCritic(lambda s, a: -target.q_value(s, a), uses_observation=True)
     loss = IDEMScoreLoss(actor, critic, **{k: config[k] for k in _LOSS_KEYS})
-    ema = SoftUpdate(loss, tau=0.002)
+    ema = SoftUpdate(loss, tau=sizes.ema_tau)
     params = list(actor.score_network.parameters())
     optimizer = torch.optim.Adam(params, lr=1e-3)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, sizes.updates, eta_min=5e-5)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR
+    schedule = cosine(optimizer, sizes.updates, eta_min=sizes.lr_final)
     replay = SelfReplay(target, loss, sizes) if source == "self" else None
     temperatures = sorted({c.temperature for c in target.cases}, reverse=True)
     by_temperature = {
@@ -473,7 +466,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "'recommended:uniform_fraction=0.5;num_steps=50' (configs separated by commas)",
     )
     for name, value in vars(Sizes()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=value)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.updates, args.batch, args.num_draws = "0", 20, 16, 200
@@ -531,8 +524,9 @@ def main(argv: list[str] | None = None) -> list[list[Any]]:
         seeds=f"{args.seeds} (training seeds; mode err: mean and max over them)",
         extra=[
             f"{sizes.updates} updates, batch {sizes.batch} per temperature, ScoreNetwork width "
-            f"{sizes.width} / embeddings {sizes.embedding}, Adam 1e-3 cosine to 5e-5, EMA 0.002,"
-            f" grad clip 10; {sizes.num_draws} draws per case",
+            f"{sizes.width} / embeddings {sizes.embedding}, Adam 1e-3 cosine to "
+            f"{sizes.lr_final:g}, EMA {sizes.ema_tau:g}, grad clip 10; {sizes.num_draws} draws "
+            "per case",
             f"self: replay of {sizes.capacity} latents per case, uniform box actions at first, "
             f"{sizes.refresh_size} fresh actor draws every {sizes.refresh_every} updates; "
             "uniform: uniform box latents only",

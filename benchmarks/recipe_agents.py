@@ -50,6 +50,9 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     "fast_compiled": ("fidelity=fast", "algo.compile_sampler=true"),
     # the gradient-form target at K=64 (K=2 at sigma<=1e-2): the estimator before the blend
     "fast_idem64": ("fidelity=fast", "algo.estimator=idem", "algo.num_mc_samples=64"),
+    # issue 11's accurate sampler: noise output, matched start, Euler-Maruyama 30 steps to 1e-2
+    # + Tweedie, blended target K=64 (K=16 at sigma<=0.3)
+    "accurate": ("fidelity=accurate",),
 }
 
 

@@ -204,6 +204,7 @@ def test_checkpoint_without_identity_with_other_networks_is_refused_clearly(run_
         ("resume=no", "resume must be true or false; got 'no'"),
         ("algo.tanh_correction=no", "algo.tanh_correction must be true or false"),
         ("algo.ema=off", "algo.ema must be true or false"),
+        ("algo.prior=wide", "algo.prior must be one of paper, matched; got .wide."),
         ("+optim.lrr=1", "unknown config key 'optim.lrr'.*did you mean optim.lr"),
         ("+algo.temprature=9", "unknown config key 'algo.temprature'.*did you mean algo.temp"),
         ("optim.utd_ratio=inf", "optim.utd_ratio must be a finite number > 0.0, got inf"),

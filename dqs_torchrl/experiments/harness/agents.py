@@ -135,6 +135,7 @@ def _diffusion_actor(cfg: DictConfig, env: EnvBase, device: torch.device) -> Dif
         sigma_end=a.sigma_end,
         denoise=a.denoise,
         parameterization=a.parameterization,
+        prior=a.prior,
         temperature=a.temperature.initial,
         ema=a.ema,
         compile_sampler=a.compile_sampler,

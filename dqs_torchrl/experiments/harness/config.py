@@ -19,7 +19,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from dqs_torchrl.actor import PARAMETERIZATIONS, SPACINGS
+from dqs_torchrl.actor import PARAMETERIZATIONS, PRIORS, SPACINGS
 from dqs_torchrl.experiments.configs import CONFIG_DIR
 from dqs_torchrl.objectives.idem import IDEMScoreLoss
 from dqs_torchrl.samplers import SAMPLERS, STEP_SAMPLERS
@@ -297,6 +297,7 @@ DIFFUSION_FIELDS: dict[str, Check] = {
     "algo.spacing": _choice(*SPACINGS),
     "algo.denoise": _bool,
     "algo.parameterization": _choice(*PARAMETERIZATIONS),
+    "algo.prior": _choice(*PRIORS),
     "algo.compile_sampler": _compile_mode,
     "algo.max_score_norm": _num(0.0, optional=True),
     "algo.tanh_correction": _bool,
