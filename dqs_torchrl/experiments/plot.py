@@ -52,7 +52,9 @@ def plot_task(task: str, algos: dict, path: Path) -> None:
         frames, returns = aligned(seeds)
         if not len(frames):
             continue
-        ax.plot(frames, returns.mean(0), label=f"{algo} ({len(seeds)} seeds)")
+        # markers: a run evaluated once so far is a point, which a bare line would not draw
+        seeds_label = f"{len(seeds)} seed" + ("s" if len(seeds) != 1 else "")
+        ax.plot(frames, returns.mean(0), marker="o", ms=3, label=f"{algo} ({seeds_label})")
         ax.fill_between(frames, returns.min(0), returns.max(0), alpha=0.2)
     ax.set(title=task, xlabel="environment frames", ylabel="evaluation return")
     ax.grid(alpha=0.3)
