@@ -83,6 +83,8 @@ def test_fidelity_paper_switch_restores_table_1(tmp_path):
         False,
     )
     assert algo.num_mc_samples_small is None  # one K at every sigma, as in table 1
+    # and nothing of the other presets leaks in: the paper's network output, start and schedule
+    assert (algo.parameterization, algo.prior, algo.sigma_min) == ("score", "paper", 1e-5)
     assert [int(r["frames"]) for r in eval_rows(tmp_path)] == [150, 300]
 
 

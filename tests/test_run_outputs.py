@@ -152,20 +152,28 @@ def test_logger_mode_disabled_reaches_wandb(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("recipe", ["dqs_dmc", "dqs_maze"])
 def test_a_run_config_from_an_earlier_version_loads_with_new_fields(recipe, tmp_path, caplog):
-    """A run directory whose config.yaml predates a field (here `algo.parameterization`, added
-    in session 6, and `env.max_episode_steps`, which differs between the recipes) is rebuilt
-    with that field at its recipe's default, keeping every stored value, with a warning."""
+    """A run directory whose config.yaml predates fields (`algo.parameterization`, `algo.prior`,
+    `algo.energy`) is rebuilt with what the code did before each field existed: `squashed` for
+    the energy although the DMC default is now `unbounded`; every stored value is kept, and it
+    works inside an initialised hydra too (as in a user's @hydra.main app)."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(recipe, overrides=["algo=dqs", "seed=7", "algo.ema_tau=0.01"])
-    expected_steps = cfg.env.max_episode_steps
-    OmegaConf.set_struct(cfg, False)
-    del cfg.algo["parameterization"], cfg.env["max_episode_steps"]
-    cfg.algo.retired_field = 3  # a field this version no longer has is kept, not refused
-    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    with caplog.at_level("WARNING"):
-        loaded = load_run_config(tmp_path)
-    assert loaded.algo.parameterization == "score"
-    assert loaded.env.max_episode_steps == expected_steps  # 300 for the maze, None for DMC
+        sac = compose(recipe, overrides=["algo=sac"])
+        OmegaConf.set_struct(cfg, False)
+        OmegaConf.set_struct(sac, False)
+        del cfg.algo["parameterization"], cfg.algo["prior"], cfg.algo["energy"]
+        assert "prior" not in sac.algo
+        cfg.algo.retired_field = 3  # a field this version no longer has is kept, not refused
+        (tmp_path / "dqs").mkdir()
+        (tmp_path / "sac").mkdir()
+        (tmp_path / "dqs" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        (tmp_path / "sac" / "config.yaml").write_text(OmegaConf.to_yaml(sac))
+        with caplog.at_level("WARNING"):
+            loaded = load_run_config(tmp_path / "dqs")
+            loaded_sac = load_run_config(tmp_path / "sac")
+    assert (loaded.algo.parameterization, loaded.algo.prior) == ("score", "paper")
+    assert loaded.algo.energy == "squashed"  # the behaviour before the field, not the default
     assert loaded.seed == 7 and loaded.algo.ema_tau == 0.01 and loaded.algo.retired_field == 3
-    assert "algo.parameterization='score'" in caplog.text
-    assert "env.max_episode_steps" in caplog.text
+    assert loaded.env.max_episode_steps == cfg.env.max_episode_steps
+    assert "algo.energy='squashed'" in caplog.text and "algo.prior='paper'" in caplog.text
+    assert "prior" not in loaded_sac.algo  # SAC has no diffusion actor to rebuild

@@ -10,6 +10,7 @@ deterministically under `DETERMINISTIC`.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import tempfile
@@ -26,7 +27,6 @@ from dqs_torchrl.experiments.harness.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
 )
-from dqs_torchrl.experiments.harness.config import compose_config, config_fields
 
 __all__ = ["POLICY_FORMAT", "export_policy", "load_policy", "load_run_config"]
 
@@ -67,29 +67,62 @@ def load_run_config(source: str | Path) -> DictConfig:
     return with_current_fields(OmegaConf.load(path), path)
 
 
-def with_current_fields(cfg: DictConfig, source: str | Path = "the run's config") -> DictConfig:
-    """`cfg`, a config an earlier version of the code wrote, with every field this version's
-    recipe has and `cfg` lacks added at its default (logged), so that the run can be rebuilt.
+_MISSING = object()
+# Recipe fields added after runs had been made, each with the value that reproduces what the
+# code did before the field existed (not necessarily today's default: algo.energy came in as
+# the then behaviour `squashed` and the DMC default moved to `unbounded` later). A config
+# without one of them is rebuilt with this value. Add a row whenever a field is added.
+FIELDS_ADDED_SINCE_FIRST_RELEASE: dict[str, Any] = {
+    "device": "auto",
+    "overwrite": False,
+    "collector.num_workers": 1,
+    "collector.backend": "local",
+    "collector.sync": True,
+    "eval.video": False,
+    "eval.video_format": "gif",
+    "eval.video_size": [120, 160],
+    "logger.mode": "offline",
+    "algo.estimator": "idem",  # the gradient form, before the blended target
+    "algo.compile_sampler": False,
+    "algo.energy": "squashed",
+    "algo.parameterization": "score",
+    "algo.prior": "paper",
+}
+# TemperatureController settings: read only with algo.temperature.schedule=auto, which came
+# with them; any value rebuilds an older run the same.
+_CONTROLLER_FIELDS = {
+    "algo.temperature.target_entropy": "auto",
+    "algo.temperature.lr": 0.1,
+    "algo.temperature.min": 1.0e-3,
+    "algo.temperature.max": 100.0,
+    "algo.temperature.num_states": 8,
+    "algo.temperature.num_samples": 64,
+    "algo.temperature.interval": 10,
+    "algo.temperature.warmup_updates": 5000,
+}
 
-    The defaults are those of the recipe (`dqs_maze` for `env.suite=maze`, else `dqs_dmc`)
-    with the run's `algo`; every field `cfg` has keeps its value, fields this version no longer
-    has are kept too. A default added later is the behaviour the run had only where the field
-    was added without changing behaviour (the project's rule for new fields)."""
-    suite = OmegaConf.select(cfg, "env.suite", default="dmc")
-    algo = OmegaConf.select(cfg, "algo.name", default=None)
-    if algo is None:
-        return cfg
-    defaults = compose_config(
-        [f"algo={algo}"], config_name="dqs_maze" if suite == "maze" else "dqs_dmc"
-    )
-    OmegaConf.set_struct(defaults, False)
-    merged = OmegaConf.merge(defaults, cfg)
-    added = sorted(set(config_fields(merged)) - set(config_fields(cfg)))
+
+def with_current_fields(cfg: DictConfig, source: str | Path = "the run's config") -> DictConfig:
+    """`cfg`, a config an earlier version of the code wrote, with every field added since
+    (`FIELDS_ADDED_SINCE_FIRST_RELEASE`) that it lacks set to the value that reproduces what
+    the code did before that field existed; the additions are logged. Every field `cfg` has
+    keeps its value; fields this version no longer has are kept too. Fields of the diffusion
+    actor are added only to a DQS or QSM run's `algo`."""
+    merged = copy.deepcopy(cfg)
+    OmegaConf.set_struct(merged, False)
+    diffusion = OmegaConf.select(cfg, "algo.name", default=None) in ("dqs", "qsm")
+    added = []
+    for key, value in {**FIELDS_ADDED_SINCE_FIRST_RELEASE, **_CONTROLLER_FIELDS}.items():
+        if key.startswith("algo.") and not diffusion:
+            continue
+        if OmegaConf.select(merged, key, default=_MISSING) is _MISSING:
+            OmegaConf.update(merged, key, value, force_add=True)
+            added.append(f"{key}={value!r}")
     if added:
         log.warning(
-            "%s was written by an earlier version: added at their defaults: %s",
+            "%s was written by an earlier version: set to what that version did: %s",
             source,
-            "; ".join(f"{k}={OmegaConf.select(merged, k)!r}" for k in added),
+            "; ".join(added),
         )
     return merged
 
