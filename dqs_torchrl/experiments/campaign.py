@@ -366,7 +366,9 @@ def returns_table(data: Path) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
-def plot_train_metric(data: Path, task: str, metric: str, path: Path) -> bool:
+def plot_train_metric(
+    data: Path, task: str, metric: str, path: Path, log_scale: bool = False
+) -> bool:
     """One line per method and seed of a `train.csv` column against frames; False if none."""
     fig, ax = agg_figure((5, 3.5))
     drawn = False
@@ -383,7 +385,9 @@ def plot_train_metric(data: Path, task: str, metric: str, path: Path) -> bool:
             )
             drawn = True
     if drawn:
-        ax.set(title=f"{task}: {metric} (training actions)", xlabel="environment frames")
+        ax.set(title=f"{task}: {metric} (training)", xlabel="environment frames")
+        if log_scale:
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
@@ -403,6 +407,8 @@ def report(
         plot.plot_task(task, methods, out / f"{task}.png")
     for task in found:
         plot_train_metric(data, task, "action_saturated", out / f"{task}_saturation.png")
+        # T of every run: fixed, scheduled (the maze) or adapted (schedule=auto, issue 12)
+        plot_train_metric(data, task, "temperature", out / f"{task}_temperature.png", True)
     dmc = {t: m for t, m in found.items() if t != "two-goal-maze"}
     table = claim_table(dmc, at=at, fraction=fraction)
     (out / "claims.md").write_text(table)
