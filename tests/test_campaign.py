@@ -104,6 +104,19 @@ def test_claim_table_returns_and_frames_to_a_fraction_of_the_baseline():
     assert rows["qsm"] == ["10.0 (1)", "150.0 (1)", "not by 100k"]
 
 
+def test_a_run_in_progress_stays_out_of_the_means_until_it_catches_up():
+    """A second seed evaluated at 10k only must not cut SAC's mean curve down to 10k (the claim
+    table would show no return at 50k or 100k): it is left out, and named."""
+    done = {"frames": [10_000.0, 50_000.0, 100_000.0], "return_mean": [5.0, 100.0, 400.0]}
+    started = {"frames": [10_000.0], "return_mean": [3.0]}
+    found = {"cheetah-run": {"sac": [done, started], "dqs": [done]}}
+    kept, left_out = campaign.complete_runs(found)
+    assert kept["cheetah-run"]["sac"] == [done] and kept["cheetah-run"]["dqs"] == [done]
+    assert left_out == ["cheetah-run/sac: a seed at 10k of 100k"]
+    sac = [line for line in campaign.claim_table(kept).splitlines() if "| sac |" in line]
+    assert "100.0 (1) | 400.0 (1)" in sac[0]
+
+
 def _run(args: list[str]) -> subprocess.CompletedProcess:
     env = dict(os.environ, MUJOCO_GL="disable")
     return subprocess.run(

@@ -308,6 +308,25 @@ def _mean_curve(seeds: list[dict[str, list[float]]]) -> tuple[list[float], list[
     return common, [sum(d[f] for d in by_seed) / len(by_seed) for f in common], len(seeds)
 
 
+def complete_runs(found: dict) -> tuple[dict, list[str]]:
+    """`found` (`plot.collect`) with only the seeds of each method evaluated as far as its
+    furthest seed, and a line per seed left out: a run still in progress would otherwise cut
+    every mean curve (and the claim and IQM tables) down to the frames it has reached."""
+    kept: dict = {}
+    left_out = []
+    for task, methods in found.items():
+        for method, seeds in methods.items():
+            furthest = max(max(s["frames"]) for s in seeds)
+            done = [s for s in seeds if max(s["frames"]) == furthest]
+            kept.setdefault(task, {})[method] = done
+            for s in seeds:
+                if max(s["frames"]) < furthest:
+                    left_out.append(
+                        f"{task}/{method}: a seed at {_k(max(s['frames']))} of {_k(furthest)}"
+                    )
+    return kept, left_out
+
+
 def _k(frames: float) -> str:
     """`50000 -> "50k"`; counts that are not whole thousands stay as they are."""
     return f"{int(frames) // 1000}k" if int(frames) % 1000 == 0 else f"{int(frames)}"
@@ -402,6 +421,9 @@ def report(
     found = plot.collect(data)
     if not found:
         raise SystemExit(f"no <task>/<method>/seed*/eval.csv under {data}")
+    found, in_progress = complete_runs(found)
+    for line in in_progress:
+        print(f"left out of the curves and tables until it catches up: {line}")
     out.mkdir(parents=True, exist_ok=True)
     for task, methods in found.items():
         plot.plot_task(task, methods, out / f"{task}.png")
