@@ -316,14 +316,16 @@ def complete_runs(found: dict) -> tuple[dict, list[str]]:
     left_out = []
     for task, methods in found.items():
         for method, seeds in methods.items():
-            furthest = max(max(s["frames"]) for s in seeds)
-            done = [s for s in seeds if max(s["frames"]) == furthest]
-            kept.setdefault(task, {})[method] = done
-            for s in seeds:
-                if max(s["frames"]) < furthest:
-                    left_out.append(
-                        f"{task}/{method}: a seed at {_k(max(s['frames']))} of {_k(furthest)}"
-                    )
+            reached = [max(s["frames"]) for s in seeds]
+            furthest = max(reached)
+            kept.setdefault(task, {})[method] = [
+                s for s, r in zip(seeds, reached, strict=True) if r == furthest
+            ]
+            left_out += [
+                f"{task}/{method}: a seed at {_k(r)} of {_k(furthest)}"
+                for r in reached
+                if r < furthest
+            ]
     return kept, left_out
 
 

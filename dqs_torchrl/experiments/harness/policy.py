@@ -55,16 +55,20 @@ def load_run_config(source: str | Path) -> DictConfig:
     """The config of a run: `config.yaml` of the run directory `source`, or the config
     inside a policy file that [`export_policy`][] wrote. `make_env(cfg, seed)` builds
     the run's environment from it. A config written by an earlier version gets the fields
-    added since at their defaults (logged; see `with_current_fields`)."""
+    added since at what that version did (logged; see `with_current_fields`)."""
     source = Path(source)
     if _is_policy_file(source):
-        return with_current_fields(OmegaConf.create(_policy_blob(source)["config"]), source)
+        return _blob_config(_policy_blob(source), source)
     path = source / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(
             f"{source} is neither a run directory (no config.yaml) nor a policy file (.pt)."
         )
     return with_current_fields(OmegaConf.load(path), path)
+
+
+def _blob_config(blob: dict[str, Any], source: Path) -> DictConfig:
+    return with_current_fields(OmegaConf.create(blob["config"]), source)
 
 
 _MISSING = object()
@@ -87,10 +91,8 @@ FIELDS_ADDED_SINCE_FIRST_RELEASE: dict[str, Any] = {
     "algo.energy": "squashed",
     "algo.parameterization": "score",
     "algo.prior": "paper",
-}
-# TemperatureController settings: read only with algo.temperature.schedule=auto, which came
-# with them; any value rebuilds an older run the same.
-_CONTROLLER_FIELDS = {
+    # TemperatureController settings: read only with algo.temperature.schedule=auto, which
+    # came with them; any value rebuilds an older run the same.
     "algo.temperature.target_entropy": "auto",
     "algo.temperature.lr": 0.1,
     "algo.temperature.min": 1.0e-3,
@@ -112,7 +114,7 @@ def with_current_fields(cfg: DictConfig, source: str | Path = "the run's config"
     OmegaConf.set_struct(merged, False)
     diffusion = OmegaConf.select(cfg, "algo.name", default=None) in ("dqs", "qsm")
     added = []
-    for key, value in {**FIELDS_ADDED_SINCE_FIRST_RELEASE, **_CONTROLLER_FIELDS}.items():
+    for key, value in FIELDS_ADDED_SINCE_FIRST_RELEASE.items():
         if key.startswith("algo.") and not diffusion:
             continue
         if OmegaConf.select(merged, key, default=_MISSING) is _MISSING:
@@ -149,12 +151,7 @@ def _policy_state(
         if checkpoint is not None:
             raise ValueError(f"{source} is a policy file: it holds one policy, pass no checkpoint.")
         blob = _policy_blob(source)
-        return (
-            with_current_fields(OmegaConf.create(blob["config"]), source),
-            blob["policy"],
-            blob["frames"],
-            source,
-        )
+        return _blob_config(blob, source), blob["policy"], blob["frames"], source
     path = _checkpoint_path(source, checkpoint)
     state = load_checkpoint(path)
     return load_run_config(source), state["agent"]["modules"]["policy"], state["frames"], path
