@@ -83,3 +83,27 @@ def test_performance_profile_is_the_fraction_of_runs_above_each_threshold(tmp_pa
     for tau in taus:  # dominance shows in the profile
         key = round(float(tau), 3)
         assert float(by["dqs", key]["fraction"]) >= float(by["sac", key]["fraction"])
+
+
+def test_iqm_keeps_an_algorithm_with_more_seeds_on_some_tasks(tmp_path):
+    # sac: seeds 0 and 1 on cheetah-run, seed 0 elsewhere (the campaign's seed-1 phase); dqs:
+    # seeds 2 and 10 everywhere, so its order must be numeric (seed2 first), not by name.
+    tasks = ["cheetah-run", "finger-spin", "walker-run"]
+    for t, task in enumerate(tasks):
+        write_run(tmp_path, task, "sac", 0, [10, 20], [0, 100 * (t + 1)])
+        write_run(tmp_path, task, "dqs", 2, [10, 20], [0, 500])
+        write_run(tmp_path, task, "dqs", 10, [10, 20], [0, 900])
+    write_run(tmp_path, "cheetah-run", "sac", 1, [10, 20], [0, 990])
+    found = plot.collect(tmp_path)
+    assert [s["return_mean"][-1] for s in found["walker-run"]["dqs"]] == [500.0, 900.0]
+    scores = plot.final_scores(found, 1000.0)
+    # sac keeps its first seed on every task; its seed 1 on cheetah-run (0.99) is left out
+    np.testing.assert_allclose(scores["sac"], [[0.1, 0.2, 0.3]])
+    assert scores["dqs"].shape == (2, 3)
+    assert plot.seeds_left_out(found) == ["cheetah-run/sac: 1 of 2 seeds"]
+    plot.main(["--runs", str(tmp_path), "--reps", "100"])
+    table = (tmp_path / "plots" / "iqm.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if "|" in line}
+    assert rows["sac"].split("|")[2].strip() == "1 x 3"
+    assert float(rows["sac"].split("|")[3]) == pytest.approx(0.2)
+    assert "left out: cheetah-run/sac: 1 of 2 seeds." in table

@@ -30,11 +30,17 @@ from dqs_torchrl.experiments.harness.plotting import agg_figure, read_eval_csv
 def collect(runs: Path) -> dict[str, dict[str, list[dict[str, list[float]]]]]:
     """`{task: {algo: [eval columns of each seed]}}` from `runs/<task>/<algo>/seed*/`."""
     found: dict = defaultdict(lambda: defaultdict(list))
-    for csv_path in sorted(runs.glob("*/*/seed*/eval.csv")):
+    for csv_path in sorted(runs.glob("*/*/seed*/eval.csv"), key=_run_order):
         data = read_eval_csv(csv_path)
         if data:
             found[csv_path.parts[-4]][csv_path.parts[-3]].append(data)
     return found
+
+
+def _run_order(csv_path: Path) -> tuple[str, str, int, str]:
+    """Task, algorithm, then the seed by number (seed2 before seed10)."""
+    seed = csv_path.parts[-2].removeprefix("seed")
+    return (csv_path.parts[-4], csv_path.parts[-3], int(seed) if seed.isdigit() else -1, seed)
 
 
 def aligned(seeds: list[dict[str, list[float]]]) -> tuple[np.ndarray, np.ndarray]:
@@ -65,17 +71,36 @@ def plot_task(task: str, algos: dict, path: Path) -> None:
 
 def final_scores(found: dict, scale: float) -> dict[str, np.ndarray]:
     """Final returns / `scale` as rliable wants them: `{algo: [runs, tasks]}`, tasks in
-    sorted order, for the algorithms that ran every task with the same number of seeds."""
+    sorted order, for the algorithms that ran every task.
+
+    rliable's stratified bootstrap needs the same number of runs on every task, so an
+    algorithm with more seeds on some tasks than on others contributes its first `n` seeds
+    (lowest numbers first, `collect`'s order) on every task, `n` its fewest on any task
+    (`seeds_left_out` names what that drops)."""
     by_algo: dict[str, list[np.ndarray]] = defaultdict(list)
     for task in sorted(found):
         for algo, seeds in found[task].items():
             _, returns = aligned(seeds)
             by_algo[algo].append(returns[:, -1] / scale)
-    return {
-        a: np.stack(v, axis=1)
-        for a, v in by_algo.items()
-        if len(v) == len(found) and len({len(x) for x in v}) == 1
-    }
+    scores = {}
+    for algo, per_task in by_algo.items():
+        if len(per_task) == len(found):
+            n = min(len(x) for x in per_task)
+            scores[algo] = np.stack([x[:n] for x in per_task], axis=1)
+    return scores
+
+
+def seeds_left_out(found: dict) -> list[str]:
+    """`task/algo: k of m seeds` for every seed `final_scores` drops to keep its runs
+    rectangular (an algorithm with more seeds on some tasks than on others)."""
+    lines = []
+    for algo in sorted({a for methods in found.values() for a in methods}):
+        counts = {t: len(found[t][algo]) for t in sorted(found) if algo in found[t]}
+        if len(counts) < len(found):
+            continue
+        n = min(counts.values())
+        lines += [f"{t}/{algo}: {c - n} of {c} seeds" for t, c in counts.items() if c > n]
+    return lines
 
 
 def iqm_table(found: dict, scale: float, out: Path, reps: int) -> str:
@@ -86,13 +111,23 @@ def iqm_table(found: dict, scale: float, out: Path, reps: int) -> str:
     tasks = sorted(found)
     scores = final_scores(found, scale)
     if not scores:
-        return "no algorithm has the same seeds on every task: no IQM."
+        return "no algorithm ran every task: no IQM."
     point, interval = rly.get_interval_estimates(
         scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps
     )
+    dropped = seeds_left_out(found)
     lines = [
         f"IQM of final return / {scale:g} over {len(tasks)} tasks ({', '.join(tasks)}); "
         f"95% stratified bootstrap, {reps} resamples.",
+        *(
+            [
+                "",
+                "Every algorithm counts the same seeds on every task (its first n, n its fewest "
+                "on any task), so these are left out: " + "; ".join(dropped) + ".",
+            ]
+            if dropped
+            else []
+        ),
         "",
         "| algorithm | runs x tasks | IQM | 95% CI |",
         "| --- | --- | --- | --- |",
@@ -140,7 +175,7 @@ def performance_profile(found: dict, scale: float, out: Path, reps: int, num_tau
 
     scores = final_scores(found, scale)
     if not scores:
-        return "no algorithm has the same seeds on every task: no performance profile."
+        return "no algorithm ran every task: no performance profile."
     every = np.concatenate([s.ravel() for s in scores.values()])
     taus = np.linspace(min(0.0, every.min()), every.max(), num_taus)
     profiles, cis = rly.create_performance_profile(scores, taus, reps=reps)
