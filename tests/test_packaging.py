@@ -28,6 +28,7 @@ SCRIPTS = {
     "dqs-maze": "dqs_torchrl.experiments.dqs_maze:main",
     "dqs-plot": "dqs_torchrl.experiments.plot:main",
     "dqs-campaign": "dqs_torchrl.experiments.campaign:main",
+    "dqs-watch": "dqs_torchrl.experiments.watch:main",
 }
 
 

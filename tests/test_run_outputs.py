@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -16,6 +17,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from dqs_torchrl.experiments.configs import CONFIG_DIR
 from dqs_torchrl.experiments.harness import (
     ConfigError,
+    evaluate,
     export_policy,
     latest_checkpoint,
     load_checkpoint,
@@ -177,3 +179,43 @@ def test_a_run_config_from_an_earlier_version_loads_with_new_fields(recipe, tmp_
     assert loaded.env.max_episode_steps == cfg.env.max_episode_steps
     assert "algo.energy='squashed'" in caplog.text and "algo.prior='paper'" in caplog.text
     assert "prior" not in loaded_sac.algo  # SAC has no diffusion actor to rebuild
+
+
+@needs_rendering
+def test_watch_puts_two_policies_side_by_side(video_run, tmp_path, capsys):
+    """dqs-watch: the run's newest policy (150 frames) beside an export of its 100-frame
+    checkpoint, 20 steps each from the same reset, in one labelled GIF."""
+    from dqs_torchrl.experiments import watch
+
+    early = export_policy(video_run, tmp_path / "early.pt", checkpoint="ckpt_000000000100.pt")
+    out = tmp_path / "both.gif"
+    args = [str(video_run), str(early), "--out", str(out), "--steps", "20", "--every", "1"]
+    watch.main([*args, "--size", "32", "40", "--seed", "3", "--labels", "new", "old"])
+    with Image.open(out) as gif:
+        assert gif.size == (80, 32 + watch.HEADER) and gif.n_frames > 10  # an animation
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("new  150 frames  return ")
+    assert printed[1].startswith("old  100 frames  return ")
+    panels = watch.watch([video_run, early], steps=20, seed=3, size=(32, 40))
+    assert [p.label for p in panels] == ["dqs seed0", "dqs seed0"]
+    assert [len(p.frames) for p in panels] == [21, 21]  # the reset and 20 steps
+    video = watch.side_by_side(panels)
+    assert video.shape == (21, 32 + watch.HEADER, 80, 3)
+    left, right = video[-1, watch.HEADER :, :40], video[-1, watch.HEADER :, 40:]
+    assert np.array_equal(left, panels[0].frames[-1]) and np.array_equal(
+        right, panels[1].frames[-1]
+    )
+    assert not np.array_equal(left, right)  # two policies, two motions from one reset
+    assert watch.side_by_side(panels, every=2).shape[0] == 11
+    # the return shown is the episode's: the same policy and seeds rolled out by evaluate
+    env, policy = make_env(load_run_config(video_run), 3), load_policy(video_run)
+    torch.manual_seed(3)  # after building the networks, as dqs-watch seeds the sampler
+    returns, _ = evaluate(env, policy, 1, False, max_steps=20)
+    assert panels[0].episode_return == returns[0]
+    assert printed[0] == f"new  150 frames  return {returns[0]:.0f}"
+    with pytest.raises(SystemExit):  # nothing overwritten without --force
+        watch.main(args)
+    assert "exists; pass --force" in capsys.readouterr().err
+    watch.main([*args, "--size", "32", "40", "--force"])
+    with Image.open(out) as gif:
+        assert gif.size == (80, 32 + watch.HEADER)

@@ -18,7 +18,13 @@ from dqs_torchrl.experiments.harness.checkpoint import (
 )
 from dqs_torchrl.experiments.harness.config import ConfigError, compose_config, validate_config
 from dqs_torchrl.experiments.harness.loop import evaluate, make_env, make_logger, train
-from dqs_torchrl.experiments.harness.policy import export_policy, load_policy, load_run_config
+from dqs_torchrl.experiments.harness.policy import (
+    TrainedPolicy,
+    export_policy,
+    load_policy,
+    load_run_config,
+    load_trained_policy,
+)
 from dqs_torchrl.experiments.harness.rundir import RunDirError
 
 __all__ = [
@@ -42,4 +48,6 @@ __all__ = [
     "export_policy",
     "load_policy",
     "load_run_config",
+    "load_trained_policy",
+    "TrainedPolicy",
 ]

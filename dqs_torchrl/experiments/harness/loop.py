@@ -181,7 +181,8 @@ def evaluate(
     """Run `episodes` episodes; return their returns and their observation trajectories.
 
     With `render` (e.g. [`dmc_renderer`][dqs_torchrl.experiments.envs.dmc_renderer]), the frames of
-    the first episode (after the reset and after every step) are appended to `frames`.
+    the first episode (after the reset and after every step: one more than its steps) are
+    appended to `frames`.
     """
     mode = ExplorationType.DETERMINISTIC if deterministic else ExplorationType.RANDOM
     returns, trajectories = [], []
@@ -208,6 +209,8 @@ def evaluate(
                 auto_cast_to_device=on_device,
                 **kwargs,
             )
+            if record:  # rollout calls back after every step but its last
+                frames.append(render())
             returns.append(rollout["next", "reward"].sum().item())
             trajectories.append(
                 torch.cat([rollout["observation"][:1], rollout["next", "observation"]])

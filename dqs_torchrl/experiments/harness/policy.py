@@ -15,7 +15,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -28,7 +28,14 @@ from dqs_torchrl.experiments.harness.checkpoint import (
     load_checkpoint,
 )
 
-__all__ = ["POLICY_FORMAT", "export_policy", "load_policy", "load_run_config"]
+__all__ = [
+    "POLICY_FORMAT",
+    "TrainedPolicy",
+    "export_policy",
+    "load_policy",
+    "load_run_config",
+    "load_trained_policy",
+]
 
 POLICY_FORMAT = "dqs-torchrl-policy/1"
 log = logging.getLogger(__name__)
@@ -157,6 +164,41 @@ def _policy_state(
     return load_run_config(source), state["agent"]["modules"]["policy"], state["frames"], path
 
 
+class TrainedPolicy(NamedTuple):
+    """What [`load_trained_policy`][] reads: the policy, the run's config, the frames it was
+    trained for and the file its weights came from."""
+
+    policy: TensorDictModuleBase
+    config: DictConfig
+    frames: int
+    source: Path
+
+
+def load_trained_policy(
+    run_dir: str | Path,
+    checkpoint: str | Path | None = None,
+    device: torch.device | str = "cpu",
+) -> TrainedPolicy:
+    """[`load_policy`][] with what a caller labels the policy by: the run's config, the
+    frame count of the checkpoint (or policy file) and its path, from one read of the file.
+
+    Examples:
+        >>> trained = load_trained_policy("runs/cheetah-run/dqs/seed0")  # doctest: +SKIP
+        >>> trained.frames, trained.config.algo.name  # doctest: +SKIP
+        (100000, 'dqs')
+    """
+    from dqs_torchrl.experiments.harness.loop import make_env
+
+    cfg, state, frames, path = _policy_state(Path(run_dir), checkpoint)
+    env = make_env(cfg, cfg.seed)  # for its observation and action specs
+    try:
+        policy = make_policy(cfg, env, device)
+    finally:
+        env.close()
+    policy.load_state_dict(state)
+    return TrainedPolicy(policy.eval(), cfg, int(frames), path)
+
+
 def load_policy(
     run_dir: str | Path,
     checkpoint: str | Path | None = None,
@@ -177,16 +219,7 @@ def load_policy(
         >>> with set_exploration_type(ExplorationType.RANDOM):  # doctest: +SKIP
         ...     rollout = env.rollout(1000, policy)
     """
-    from dqs_torchrl.experiments.harness.loop import make_env
-
-    cfg, state, _, _ = _policy_state(Path(run_dir), checkpoint)
-    env = make_env(cfg, cfg.seed)  # for its observation and action specs
-    try:
-        policy = make_policy(cfg, env, device)
-    finally:
-        env.close()
-    policy.load_state_dict(state)
-    return policy.eval()
+    return load_trained_policy(run_dir, checkpoint, device).policy
 
 
 def export_policy(
