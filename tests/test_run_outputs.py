@@ -194,8 +194,8 @@ def test_watch_puts_two_policies_side_by_side(video_run, tmp_path, capsys):
     with Image.open(out) as gif:
         assert gif.size == (80, 32 + watch.HEADER) and gif.n_frames > 10  # an animation
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].startswith("new  150 frames  return ")
-    assert printed[1].startswith("old  100 frames  return ")
+    assert printed[0].startswith("new: 150 frames, return ")
+    assert printed[1].startswith("old: 100 frames, return ")
     panels = watch.watch([video_run, early], steps=20, seed=3, size=(32, 40))
     assert [p.label for p in panels] == ["dqs seed0", "dqs seed0"]
     assert [len(p.frames) for p in panels] == [21, 21]  # the reset and 20 steps
@@ -212,7 +212,7 @@ def test_watch_puts_two_policies_side_by_side(video_run, tmp_path, capsys):
     torch.manual_seed(3)  # after building the networks, as dqs-watch seeds the sampler
     returns, _ = evaluate(env, policy, 1, False, max_steps=20)
     assert panels[0].episode_return == returns[0]
-    assert printed[0] == f"new  150 frames  return {returns[0]:.0f}"
+    assert printed[0] == f"new: 150 frames, return {returns[0]:.0f}"
     with pytest.raises(SystemExit):  # nothing overwritten without --force
         watch.main(args)
     assert "exists; pass --force" in capsys.readouterr().err

@@ -7,8 +7,8 @@
 (its newest checkpoint) or a policy file of `export_policy`. Every policy acts in its own
 copy of its run's environment, reset from the same `--seed`, for `--steps` steps (sampling
 the policy, or its deterministic mode with `--deterministic`), and the frames are placed
-side by side, one panel per source under a line that names it: the label (`--labels`, or
-`<algo> seed<k>`), the frames it was trained for and its return over the steps shown. A
+side by side, one panel per source under two lines that name it: the label (`--labels`, or
+`<algo> seed<k>`), then the frames it was trained for and its return over the steps shown. A
 panel whose episode ended early holds its last frame. `--every k` keeps every k-th step and
 plays at 30 / k frames per second, so the video runs in real time at any k.
 
@@ -32,7 +32,7 @@ __all__ = ["Panel", "main", "side_by_side", "watch"]
 
 log = logging.getLogger(__name__)
 FPS = 30  # one environment step per frame, as the recipes' evaluation videos
-HEADER = 14  # pixels of the label line above each panel
+HEADER = 26  # pixels of the two label lines above each panel
 
 
 @dataclass
@@ -48,21 +48,21 @@ class Panel:
     def caption(self) -> str:
         f = self.trained_frames
         trained = f"{f // 1000}k" if f % 1000 == 0 else f"{f:,}"
-        return f"{self.label}  {trained} frames  return {self.episode_return:.0f}"
+        return f"{self.label}\n{trained} frames, return {self.episode_return:.0f}"
 
 
 def side_by_side(panels: Sequence[Panel], every: int = 1) -> np.ndarray:
     """The panels' frames next to each other, `[T, HEADER + H, sum W, 3]`, every `every`-th
-    step, with each caption drawn on a white line above its panel; shorter episodes hold
+    step, with each caption drawn on a white strip above its panel; shorter episodes hold
     their last frame.
 
     Examples:
         >>> a = Panel("a", np.zeros((3, 8, 10, 3), np.uint8), 1.0, 1000)
         >>> b = Panel("b", np.full((2, 8, 6, 3), 255, np.uint8), 2.0, 2000)
         >>> side_by_side([a, b]).shape
-        (3, 22, 16, 3)
+        (3, 34, 16, 3)
         >>> side_by_side([a, b], every=2).shape
-        (2, 22, 16, 3)
+        (2, 34, 16, 3)
     """
     from PIL import Image, ImageDraw
 
@@ -74,7 +74,7 @@ def side_by_side(panels: Sequence[Panel], every: int = 1) -> np.ndarray:
     for p in panels:
         frames = np.concatenate([p.frames, np.repeat(p.frames[-1:], length - len(p.frames), 0)])
         header = Image.new("RGB", (frames.shape[2], HEADER), "white")
-        ImageDraw.Draw(header).text((2, 1), p.caption, fill="black")
+        ImageDraw.Draw(header).multiline_text((2, 1), p.caption, fill="black", spacing=2)
         header = np.broadcast_to(np.asarray(header), (length, HEADER, frames.shape[2], 3))
         columns.append(np.concatenate([header, frames], axis=1))
     return np.ascontiguousarray(np.concatenate(columns, axis=2)[::every])
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     write_video(args.out, side_by_side(panels, args.every), fps=FPS / args.every)
     for p in panels:
-        print(p.caption)
+        print(p.caption.replace("\n", ": "))
     print(f"video written to {args.out}")
 
 

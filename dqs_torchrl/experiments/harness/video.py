@@ -35,9 +35,19 @@ def missing_video_writer(video_format: str) -> str | None:
 
 
 def _gif_bytes(frames: np.ndarray, fps: float) -> bytes:
+    """An animated GIF of `frames`, all on one 256-colour palette taken from up to 8 of them
+    and without dithering: half the bytes of a palette per frame with dithering (whose noise
+    differs from frame to frame) on a dm_control scene, and no flicker between frames."""
     from PIL import Image
 
-    images = [Image.fromarray(frame) for frame in frames]
+    sample = frames[np.linspace(0, len(frames) - 1, min(8, len(frames))).astype(int)]
+    palette = Image.fromarray(np.concatenate(list(sample), axis=0)).quantize(
+        colors=256, dither=Image.Dither.NONE
+    )
+    images = [
+        Image.fromarray(frame).quantize(palette=palette, dither=Image.Dither.NONE)
+        for frame in frames
+    ]
     out = io.BytesIO()
     # GIF stores each frame's duration in 10 ms units
     duration = max(20, round(1000 / fps / 10) * 10)
