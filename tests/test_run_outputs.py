@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
-from test_recipes import recipe_command
+from test_recipes import ROOT, recipe_command
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from dqs_torchrl.experiments.configs import CONFIG_DIR
@@ -181,41 +181,57 @@ def test_a_run_config_from_an_earlier_version_loads_with_new_fields(recipe, tmp_
     assert "prior" not in loaded_sac.algo  # SAC has no diffusion actor to rebuild
 
 
+_WATCH_PANELS = """
+import sys, numpy as np
+from dqs_torchrl.experiments import watch
+panels = watch.watch(sys.argv[2:], steps=20, seed=3, size=(32, 40))
+video = watch.side_by_side(panels)
+np.savez(sys.argv[1], video=video, returns=[p.episode_return for p in panels],
+         frames=np.stack([p.frames for p in panels]), every2=len(watch.side_by_side(panels, 2)))
+"""
+
+
 @needs_rendering
-def test_watch_puts_two_policies_side_by_side(video_run, tmp_path, capsys):
+def test_watch_puts_two_policies_side_by_side(video_run, tmp_path):
     """dqs-watch: the run's newest policy (150 frames) beside an export of its 100-frame
-    checkpoint, 20 steps each from the same reset, in one labelled GIF."""
-    from dqs_torchrl.experiments import watch
+    checkpoint, 20 steps each from the same reset, in one labelled GIF. Rendering runs in a
+    fresh process that leaves MUJOCO_GL to the tool (`make test` exports `disable`)."""
+    from dqs_torchrl.experiments.watch import HEADER
 
     early = export_policy(video_run, tmp_path / "early.pt", checkpoint="ckpt_000000000100.pt")
     out = tmp_path / "both.gif"
-    args = [str(video_run), str(early), "--out", str(out), "--steps", "20", "--every", "1"]
-    watch.main([*args, "--size", "32", "40", "--seed", "3", "--labels", "new", "old"])
+    env = _unset_gl(dict(os.environ, OMP_NUM_THREADS="1"))
+    watch = [sys.executable, str(ROOT / "recipes" / "watch.py"), str(video_run), str(early)]
+    args = [*watch, "--out", str(out), "--steps", "20", "--every", "1", "--size", "32", "40"]
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*args, *extra], capture_output=True, text=True, env=env, timeout=300)
+
+    proc = run("--seed", "3", "--labels", "new", "old")
+    assert proc.returncode == 0, proc.stderr[-3000:]
     with Image.open(out) as gif:
-        assert gif.size == (80, 32 + watch.HEADER) and gif.n_frames > 10  # an animation
-    printed = capsys.readouterr().out.splitlines()
+        assert gif.size == (80, 32 + HEADER) and gif.n_frames > 10  # an animation
+    printed = proc.stdout.splitlines()
     assert printed[0].startswith("new: 150 frames, return ")
     assert printed[1].startswith("old: 100 frames, return ")
-    panels = watch.watch([video_run, early], steps=20, seed=3, size=(32, 40))
-    assert [p.label for p in panels] == ["dqs seed0", "dqs seed0"]
-    assert [len(p.frames) for p in panels] == [21, 21]  # the reset and 20 steps
-    video = watch.side_by_side(panels)
-    assert video.shape == (21, 32 + watch.HEADER, 80, 3)
-    left, right = video[-1, watch.HEADER :, :40], video[-1, watch.HEADER :, 40:]
-    assert np.array_equal(left, panels[0].frames[-1]) and np.array_equal(
-        right, panels[1].frames[-1]
-    )
-    assert not np.array_equal(left, right)  # two policies, two motions from one reset
-    assert watch.side_by_side(panels, every=2).shape[0] == 11
+
+    arrays = tmp_path / "panels.npz"
+    code = [sys.executable, "-c", _WATCH_PANELS, str(arrays), str(video_run), str(early)]
+    proc = subprocess.run(code, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = np.load(arrays)
+    frames, video = data["frames"], data["video"]
+    assert frames.shape == (2, 21, 32, 40, 3)  # two panels: the reset and 20 steps each
+    assert video.shape == (21, 32 + HEADER, 80, 3) and data["every2"] == 11
+    assert np.array_equal(video[:, HEADER:, :40], frames[0])
+    assert np.array_equal(video[:, HEADER:, 40:], frames[1])
+    assert not np.array_equal(frames[0, -1], frames[1, -1])  # two policies, two motions
     # the return shown is the episode's: the same policy and seeds rolled out by evaluate
-    env, policy = make_env(load_run_config(video_run), 3), load_policy(video_run)
+    env_, policy = make_env(load_run_config(video_run), 3), load_policy(video_run)
     torch.manual_seed(3)  # after building the networks, as dqs-watch seeds the sampler
-    returns, _ = evaluate(env, policy, 1, False, max_steps=20)
-    assert panels[0].episode_return == returns[0]
-    assert printed[0] == f"new: 150 frames, return {returns[0]:.0f}"
-    with pytest.raises(SystemExit):  # nothing overwritten without --force
-        watch.main(args)
-    assert "exists; pass --force" in capsys.readouterr().err
-    watch.main([*args, "--size", "32", "40", "--force"])
-    with Image.open(out) as gif:
-        assert gif.size == (80, 32 + watch.HEADER)
+    returns, _ = evaluate(env_, policy, 1, False, max_steps=20)
+    assert data["returns"][0] == pytest.approx(returns[0], rel=1e-5, abs=1e-6)
+
+    proc = run()  # nothing overwritten without --force
+    assert proc.returncode != 0 and "exists; pass --force" in proc.stderr
+    assert run("--force").returncode == 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,13 +93,16 @@ def watch(
     `size` (`[height, width]`): a [`Panel`][] each, in the order given."""
     from dqs_torchrl.experiments.envs import check_rendering, dmc_renderer
     from dqs_torchrl.experiments.harness.loop import evaluate, make_env
-    from dqs_torchrl.experiments.harness.policy import load_run_config, load_trained_policy
+    from dqs_torchrl.experiments.harness.policy import load_trained_policy
 
     if labels is not None and len(labels) != len(sources):
         raise ValueError(f"--labels gives {len(labels)} labels for {len(sources)} sources.")
+    # a rendering backend unless the user chose one, set before dm_control is first imported
+    os.environ.setdefault("MUJOCO_GL", "egl")
     panels = []
     for i, source in enumerate(sources):
-        cfg = load_run_config(source)
+        trained = load_trained_policy(source)
+        cfg = trained.config
         if cfg.env.suite != "dmc":
             raise ValueError(
                 f"{source} is a {cfg.env.suite} run: dqs-watch renders dm_control tasks (a maze "
@@ -107,7 +111,6 @@ def watch(
         why = check_rendering(cfg.env.task)
         if why is not None:
             raise RuntimeError(f"dqs-watch needs MuJoCo to render: {why}.")
-        trained = load_trained_policy(source)
         env = make_env(trained.config, seed)
         frames: list[np.ndarray] = []
         torch.manual_seed(seed)  # the sampler's noise: the same video for the same arguments
@@ -121,7 +124,6 @@ def watch(
             frames=frames,
         )
         env.close()
-        cfg = trained.config
         label = labels[i] if labels is not None else f"{cfg.algo.name} seed{cfg.seed}"
         panels.append(Panel(label, np.stack(frames), returns[0], trained.frames))
         log.info("%s: return %.1f over %d steps", label, returns[0], len(frames) - 1)
