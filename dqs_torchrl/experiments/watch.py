@@ -27,7 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dqs_torchrl.experiments.harness.video import VIDEO_FORMATS, write_video
+from dqs_torchrl.experiments.harness.video import (
+    VIDEO_FORMATS,
+    missing_video_writer,
+    write_video,
+)
 
 __all__ = ["Panel", "main", "side_by_side", "watch"]
 
@@ -147,6 +151,11 @@ def main(argv: list[str] | None = None) -> None:
     suffix = args.out.suffix.lstrip(".")
     if suffix not in VIDEO_FORMATS:
         parser.error(f"--out must end in one of .{', .'.join(VIDEO_FORMATS)}; got {args.out}.")
+    missing = missing_video_writer(suffix)
+    if missing:
+        parser.error(
+            f"--out {args.out} needs the {missing} package (pip install {missing}), or .gif."
+        )
     if args.out.exists() and not args.force:
         parser.error(f"--out {args.out} exists; pass --force to overwrite it.")
     for name in ("steps", "every"):
