@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
-from test_recipes import ROOT, recipe_command
+from test_recipes import recipe_command
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from dqs_torchrl.experiments.configs import CONFIG_DIR
@@ -181,12 +181,19 @@ def test_a_run_config_from_an_earlier_version_loads_with_new_fields(recipe, tmp_
     assert "prior" not in loaded_sac.algo  # SAC has no diffusion actor to rebuild
 
 
-_WATCH_PANELS = """
+_WATCH = """
 import sys, numpy as np
 from dqs_torchrl.experiments import watch
-panels = watch.watch(sys.argv[2:], steps=20, seed=3, size=(32, 40))
+arrays, out, sources = sys.argv[1], sys.argv[2], sys.argv[3:]
+args = [*sources, "--out", out, "--steps", "20", "--every", "1", "--size", "32", "40"]
+watch.main([*args, "--seed", "3", "--labels", "new", "old"])
+try:
+    watch.main(args)  # nothing overwritten without --force
+except SystemExit as exit:
+    print("exit", exit.code)
+panels = watch.watch(sources, steps=20, seed=3, size=(32, 40))
 video = watch.side_by_side(panels)
-np.savez(sys.argv[1], video=video, returns=[p.episode_return for p in panels],
+np.savez(arrays, video=video, returns=[p.episode_return for p in panels],
          frames=np.stack([p.frames for p in panels]), every2=len(watch.side_by_side(panels, 2)))
 """
 
@@ -199,26 +206,18 @@ def test_watch_puts_two_policies_side_by_side(video_run, tmp_path):
     from dqs_torchrl.experiments.watch import HEADER
 
     early = export_policy(video_run, tmp_path / "early.pt", checkpoint="ckpt_000000000100.pt")
-    out = tmp_path / "both.gif"
+    out, arrays = tmp_path / "both.gif", tmp_path / "panels.npz"
     env = _unset_gl(dict(os.environ, OMP_NUM_THREADS="1"))
-    watch = [sys.executable, str(ROOT / "recipes" / "watch.py"), str(video_run), str(early)]
-    args = [*watch, "--out", str(out), "--steps", "20", "--every", "1", "--size", "32", "40"]
-
-    def run(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*args, *extra], capture_output=True, text=True, env=env, timeout=300)
-
-    proc = run("--seed", "3", "--labels", "new", "old")
+    code = [sys.executable, "-c", _WATCH, str(arrays), str(out), str(video_run), str(early)]
+    proc = subprocess.run(code, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with Image.open(out) as gif:
         assert gif.size == (80, 32 + HEADER) and gif.n_frames > 10  # an animation
     printed = proc.stdout.splitlines()
     assert printed[0].startswith("new: 150 frames, return ")
     assert printed[1].startswith("old: 100 frames, return ")
+    assert "exit 2" in printed and "exists; pass --force" in proc.stderr
 
-    arrays = tmp_path / "panels.npz"
-    code = [sys.executable, "-c", _WATCH_PANELS, str(arrays), str(video_run), str(early)]
-    proc = subprocess.run(code, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
     data = np.load(arrays)
     frames, video = data["frames"], data["video"]
     assert frames.shape == (2, 21, 32, 40, 3)  # two panels: the reset and 20 steps each
@@ -231,7 +230,4 @@ def test_watch_puts_two_policies_side_by_side(video_run, tmp_path):
     torch.manual_seed(3)  # after building the networks, as dqs-watch seeds the sampler
     returns, _ = evaluate(env_, policy, 1, False, max_steps=20)
     assert data["returns"][0] == pytest.approx(returns[0], rel=1e-5, abs=1e-6)
-
-    proc = run()  # nothing overwritten without --force
-    assert proc.returncode != 0 and "exists; pass --force" in proc.stderr
-    assert run("--force").returncode == 0
+    assert printed[0] == f"new: 150 frames, return {returns[0]:.0f}"
