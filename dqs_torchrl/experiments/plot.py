@@ -69,6 +69,16 @@ def plot_task(task: str, algos: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def _seeds_counted(found: dict) -> dict[str, int]:
+    """Per algorithm that ran every task, the seeds it counts on each: its fewest on any task."""
+    algos = sorted({a for methods in found.values() for a in methods})
+    return {
+        a: min(len(found[t][a]) for t in found)
+        for a in algos
+        if all(a in methods for methods in found.values())
+    }
+
+
 def final_scores(found: dict, scale: float) -> dict[str, np.ndarray]:
     """Final returns / `scale` as rliable wants them: `{algo: [runs, tasks]}`, tasks in
     sorted order, for the algorithms that ran every task.
@@ -77,16 +87,10 @@ def final_scores(found: dict, scale: float) -> dict[str, np.ndarray]:
     algorithm with more seeds on some tasks than on others contributes its first `n` seeds
     (lowest numbers first, `collect`'s order) on every task, `n` its fewest on any task
     (`seeds_left_out` names what that drops)."""
-    by_algo: dict[str, list[np.ndarray]] = defaultdict(list)
-    for task in sorted(found):
-        for algo, seeds in found[task].items():
-            _, returns = aligned(seeds)
-            by_algo[algo].append(returns[:, -1] / scale)
     scores = {}
-    for algo, per_task in by_algo.items():
-        if len(per_task) == len(found):
-            n = min(len(x) for x in per_task)
-            scores[algo] = np.stack([x[:n] for x in per_task], axis=1)
+    for algo, n in _seeds_counted(found).items():
+        per_task = [aligned(found[t][algo][:n])[1][:, -1] / scale for t in sorted(found)]
+        scores[algo] = np.stack(per_task, axis=1)
     return scores
 
 
@@ -94,11 +98,8 @@ def seeds_left_out(found: dict) -> list[str]:
     """`task/algo: k of m seeds` for every seed `final_scores` drops to keep its runs
     rectangular (an algorithm with more seeds on some tasks than on others)."""
     lines = []
-    for algo in sorted({a for methods in found.values() for a in methods}):
-        counts = {t: len(found[t][algo]) for t in sorted(found) if algo in found[t]}
-        if len(counts) < len(found):
-            continue
-        n = min(counts.values())
+    for algo, n in _seeds_counted(found).items():
+        counts = {t: len(found[t][algo]) for t in sorted(found)}
         lines += [f"{t}/{algo}: {c - n} of {c} seeds" for t, c in counts.items() if c > n]
     return lines
 
