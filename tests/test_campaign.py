@@ -128,7 +128,20 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
     )
 
 
-def test_run_finishes_skips_finished_runs_and_reports_from_the_copied_csvs(tmp_path):
+def _main(capsys, args: list[str]) -> tuple[int, str, str]:
+    """``campaign.main(args)`` in this process (one interpreter start saved per call): its exit
+    code, stdout and stderr. The runs it starts are subprocesses either way."""
+    capsys.readouterr()
+    try:
+        campaign.main(args)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_run_finishes_skips_finished_runs_and_reports_from_the_copied_csvs(tmp_path, capsys):
     spec_file = _write(
         tmp_path / "c.yaml",
         f"""
@@ -148,13 +161,15 @@ groups:
     assert (tmp_path / "runs" / "cartpole-balance" / "sac" / "seed0.log").exists()
     stamp = eval_csv.stat().st_mtime_ns
 
-    again = _run(["run", "--spec", str(spec_file)])
-    assert again.returncode == 0 and "1 finished, 0 to run" in again.stdout
+    # The rest in-process: the command line itself was exercised by the first call.
+    code, out, _ = _main(capsys, ["run", "--spec", str(spec_file)])
+    assert code == 0 and "1 finished, 0 to run" in out
     assert eval_csv.stat().st_mtime_ns == stamp  # nothing was rerun
-    assert "finished" in _run(["status", "--spec", str(spec_file)]).stdout
+    assert "finished" in _main(capsys, ["status", "--spec", str(spec_file)])[1]
 
     data = tmp_path / "data"
-    assert "copied 1" in _run(["collect", "--spec", str(spec_file), "--data", str(data)]).stdout
+    collect = ["collect", "--spec", str(spec_file), "--data", str(data)]
+    assert "copied 1" in _main(capsys, collect)[1]
     copied = data / "cartpole-balance" / "sac" / "seed0" / "eval.csv"
     assert copied.read_text() == eval_csv.read_text()
     raw_eval = eval_csv.read_text().splitlines()
@@ -168,16 +183,15 @@ groups:
     # A run started again from scratch (its directory lost) does not replace the longer copy
     shorter = eval_csv.read_text().splitlines()[:2]
     eval_csv.write_text("\n".join(shorter) + "\n")
-    kept = _run(["collect", "--spec", str(spec_file), "--data", str(data)])
-    assert "copied 0" in kept.stdout and "--replace-longer" in kept.stderr, kept.stderr
+    _, out, err = _main(capsys, collect)
+    assert "copied 0" in out and "--replace-longer" in err, err
     assert campaign._eval_rows(copied)[-1]["frames"] == "300"
-    forced = _run(["collect", "--spec", str(spec_file), "--data", str(data), "--replace-longer"])
-    assert "copied 1" in forced.stdout
+    assert "copied 1" in _main(capsys, [*collect, "--replace-longer"])[1]
     assert campaign._eval_rows(copied)[-1]["frames"] == "150"
     for path in (eval_csv, copied):  # the full run again, for the report
         path.write_text("\n".join(raw_eval) + "\n")
-    report = _run(["report", "--data", str(data), "--at", "150,300"])
-    assert report.returncode == 0, report.stderr
+    code, _, err = _main(capsys, ["report", "--data", str(data), "--at", "150,300"])
+    assert code == 0, err
     assert (data / "cartpole-balance.png").stat().st_size > 1000
     rows = {int(r["frames"]): float(r["return_mean"]) for r in campaign._eval_rows(eval_csv)}
     claims = (data / "claims.md").read_text()

@@ -2,14 +2,17 @@
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
-from dqs_torchrl.experiments.harness import latest_checkpoint, load_checkpoint
+from dqs_torchrl.experiments.configs import CONFIG_DIR
+from dqs_torchrl.experiments.harness import ConfigError, latest_checkpoint, load_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -211,9 +214,19 @@ def test_resume_continues_from_checkpoint(tmp_path):
     ],
 )
 def test_bad_override_fails_before_training(tmp_path, override, field):
-    proc = run_recipe("dqs_dmc.py", tmp_path, *override.split())
+    # In-process (the config the command line composes, handed to the same `train`): one
+    # interpreter start per case cost ~6 s each; the command line itself is the next test.
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("dqs_dmc", overrides=["+preset=smoke", *override.split()])
+    with pytest.raises(ConfigError, match=f"{re.escape(field)} must"):  # names field and values
+        train(cfg, tmp_path)
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
+def test_bad_override_on_the_command_line_exits_with_the_message(tmp_path):
+    proc = run_recipe("dqs_dmc.py", tmp_path, "env.task=cheetah-fly")
     assert proc.returncode != 0
-    assert f"{field} must" in proc.stderr  # the message names the field and what it accepts
+    assert "env.task must be a dm_control 'domain-task', got 'cheetah-fly'" in proc.stderr
     assert not (tmp_path / "checkpoints").exists()
 
 
