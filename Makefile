@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(BIN)/python recipes/dqs_dmc.py $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -q --durations=15 $(ARGS)
+	$(BIN)/python -m pytest -n 2 --maxschedchunk 1 -q --durations=15 $(ARGS)
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --site-dir site

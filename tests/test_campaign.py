@@ -141,6 +141,7 @@ def _main(capsys, args: list[str]) -> tuple[int, str, str]:
     return code, out, err
 
 
+@pytest.mark.slow
 def test_run_finishes_skips_finished_runs_and_reports_from_the_copied_csvs(tmp_path, capsys):
     spec_file = _write(
         tmp_path / "c.yaml",

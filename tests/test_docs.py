@@ -10,7 +10,12 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGES = sorted((DOCS / "tutorials").glob("*.md"))
 
 
-@pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
+# The reproduce page runs an 8-run sweep through the command line: the suite starts it early.
+@pytest.mark.parametrize(
+    "page",
+    [pytest.param(p, marks=pytest.mark.slow) if p.stem == "reproduce" else p for p in PAGES],
+    ids=[p.stem for p in PAGES],
+)
 def test_tutorial_runs(page, tmp_path, monkeypatch):
     torch.set_num_threads(1)
     monkeypatch.chdir(tmp_path)  # anything a tutorial writes lands in a temporary folder

@@ -95,6 +95,7 @@ def test_actor_sampling_path_equals_plain_sampler(steps):
     torch.testing.assert_close(action, actor.squash(ref), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["ancestral", "euler_maruyama"])
 def test_compiled_sampler_loop_equals_eager_loop(sampler):
     """``compile_sampler=True`` traces the same steps with the same noise as the eager loop,

@@ -89,6 +89,7 @@ def test_estimator_limit_samples_the_three_mode_target(learned_fidelity):
     assert result["mode_error"] < 0.05, result["masses"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_guard_three_modes_from_its_own_samples(learned_fidelity):
     """Issue 11's guard: the `recommended` settings (a network that outputs sigma * score,

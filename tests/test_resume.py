@@ -67,6 +67,7 @@ def _text(path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("recipe", "experiment"),
     [("dqs_dmc.py", "dqs_cheetah-run_s0"), ("dqs_maze.py", "dqs_two-goal-maze_s0")],
