@@ -9,10 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from dqs_torchrl.experiments.configs import CONFIG_DIR
-from dqs_torchrl.experiments.harness import ConfigError, latest_checkpoint, load_checkpoint, train
+from dqs_torchrl.experiments.harness import (
+    ConfigError,
+    compose_config,
+    latest_checkpoint,
+    load_checkpoint,
+    train,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,7 +100,7 @@ def test_fidelity_accurate_builds_the_benchmarked_sampler():
     ``recommended`` (issue 11): noise output, matched start, 30 Euler-Maruyama steps from sigma
     1e-2, K = 64 above sigma 0.3; ``fidelity=fast`` (the default) keeps the paper's network
     output and start."""
-    from dqs_torchrl.experiments.harness import compose_config, make_agent, make_env
+    from dqs_torchrl.experiments.harness import make_agent, make_env
 
     agents = {}
     for fidelity in ("accurate", "fast"):
@@ -216,8 +220,7 @@ def test_resume_continues_from_checkpoint(tmp_path):
 def test_bad_override_fails_before_training(tmp_path, override, field):
     # In-process (the config the command line composes, handed to the same `train`): one
     # interpreter start per case cost ~6 s each; the command line itself is the next test.
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("dqs_dmc", overrides=["+preset=smoke", *override.split()])
+    cfg = compose_config(["+preset=smoke", *override.split()])
     with pytest.raises(ConfigError, match=f"{re.escape(field)} must"):  # names field and values
         train(cfg, tmp_path)
     assert list(tmp_path.iterdir()) == []  # refused before anything was written
