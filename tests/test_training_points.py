@@ -107,3 +107,30 @@ def test_uniform_rows_keep_the_batch_shape_and_reduction():
 def test_uniform_fraction_is_checked(value):
     with pytest.raises(ValueError, match=r"uniform_fraction must be a number in \[0, 1\]"):
         _loss(uniform_fraction=value)
+
+
+def test_batch_rows_is_the_loss_of_the_first_rows():
+    # batch_rows=n regresses on the first n rows only: the same number, draw for draw, as the
+    # loss of those rows given alone; and not the loss of all the rows.
+    batch = _batch(32, value=0.3)
+    batch["action_raw"] = torch.randn(32, 2, generator=torch.Generator().manual_seed(2))
+    batch["priority_weight"] = torch.rand(32, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(5)
+    got = _loss(batch_rows=8)(batch)["loss_actor"]
+    torch.manual_seed(5)
+    alone = _loss()(batch[:8])["loss_actor"]
+    torch.manual_seed(5)
+    every = _loss()(batch)["loss_actor"]
+    assert torch.equal(got, alone)
+    assert not torch.equal(got, every)
+    # A batch no larger than batch_rows is used whole; reduction="none" has one loss per row.
+    torch.manual_seed(5)
+    assert torch.equal(_loss(batch_rows=32)(batch)["loss_actor"], every)
+    out = _loss(batch_rows=6, reduction="none")(_batch(20).reshape(4, 5))["loss_actor"]
+    assert out.shape == (6,)
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, True, "8"])
+def test_batch_rows_is_checked(value):
+    with pytest.raises(ValueError, match=r"batch_rows must be an integer >= 1"):
+        _loss(batch_rows=value)

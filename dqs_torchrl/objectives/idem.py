@@ -99,6 +99,12 @@ class IDEMScoreLoss(LossModule):
             one without this option. In [0, 1]; the rows replaced keep their state and
             `priority_weight`. docs/performance.md (*Learned sampler fidelity*) has the
             measurements.
+        batch_rows: regress on the first `batch_rows` rows of each (flattened) batch only;
+            `None` (default) uses every row. The score target costs `K` critic evaluations
+            per row, so a large `K` on fewer rows can cost what a small `K` on every row
+            does; replay batches are drawn independently row by row, so the first rows are a
+            uniform subsample. `reduction="none"` then returns one loss per row used,
+            `[batch_rows]`. A positive int.
 
     The loss writes `loss_actor` and the diagnostics `score_target_norm` (mean norm of the
     targets), `ess` (mean effective sample size `1 / sum_i w_i^2` of the K weights) and
@@ -155,8 +161,11 @@ class IDEMScoreLoss(LossModule):
         energy: str = "squashed",
         reduction: str = "mean",
         uniform_fraction: float = 0.0,
+        batch_rows: int | None = None,
     ) -> None:
         super().__init__()
+        if batch_rows is not None:
+            check_positive_int(batch_rows, "batch_rows")
         if (
             isinstance(uniform_fraction, bool)
             or not isinstance(uniform_fraction, (int, float))
@@ -213,6 +222,7 @@ class IDEMScoreLoss(LossModule):
         self.estimator = estimator
         self.loss_weighting = loss_weighting
         self.uniform_fraction = float(uniform_fraction)
+        self.batch_rows = batch_rows
         self.reduction = check_reduction(reduction, type(self).__name__)
         self.register_coeff_buffer("temperature", check_temperature(temperature))
         # no_convert: the network's parameters are these very Parameters (an optimiser over
@@ -388,6 +398,9 @@ class IDEMScoreLoss(LossModule):
         check_last_dim(
             replay, self.actor_network.low.shape[-1], repr(action_keys[0]), "IDEMScoreLoss"
         )
+        if self.batch_rows is not None and tensordict.numel() > self.batch_rows:
+            tensordict = tensordict.reshape(-1)[: self.batch_rows]
+            replay = tensordict.get(action_keys[0])
         batch_shape = replay.shape[:-1]
         x_a = self.training_latents(tensordict)
         observation = tensordict.get(k.observation)

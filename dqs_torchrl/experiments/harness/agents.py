@@ -162,6 +162,7 @@ def _diffusion_agent(cfg: DictConfig, env: EnvBase, qsm: bool, device: torch.dev
             max_score_norm=a.max_score_norm,
             tanh_correction=a.tanh_correction,
             energy=a.energy,
+            batch_rows=a.score_batch_rows,
         )
         targets = [actor, qloss, aloss]
     # Buffers the losses create (coefficients, target parameters) follow the networks; the

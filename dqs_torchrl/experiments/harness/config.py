@@ -287,6 +287,7 @@ DIFFUSION_FIELDS: dict[str, Check] = {
     "algo.num_steps": _int(1),
     "algo.num_mc_samples": _int(1),
     "algo.num_mc_samples_small": _int(1, optional=True),
+    "algo.score_batch_rows": _int(1, optional=True),
     "algo.small_sigma": _num(0.0),
     "algo.estimator": _choice(*IDEMScoreLoss.ESTIMATORS),
     "algo.energy": _choice(*IDEMScoreLoss.ENERGIES),
