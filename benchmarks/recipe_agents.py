@@ -53,6 +53,19 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     # issue 11's accurate sampler: noise output, matched start, Euler-Maruyama 30 steps to 1e-2
     # + Tweedie, blended target K=64 (K=16 at sigma<=0.3)
     "accurate": ("fidelity=accurate",),
+    "accurate_em20": ("fidelity=accurate", "algo.num_steps=20"),
+    "accurate_lean": (
+        "fidelity=accurate",
+        "algo.num_steps=20",
+        "algo.num_mc_samples_small=4",
+        "algo.score_batch_rows=128",
+    ),
+    "accurate_lean96": (
+        "fidelity=accurate",
+        "algo.num_steps=20",
+        "algo.num_mc_samples_small=4",
+        "algo.score_batch_rows=96",
+    ),
 }
 
 
