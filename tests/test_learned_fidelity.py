@@ -31,13 +31,13 @@ def test_quick_run_gives_a_sane_table(learned_fidelity, capsys):
     finally:
         torch.set_num_threads(threads)
     printed = capsys.readouterr().out
-    # Every (target, training points, config) once: 2 targets x 2 sources x 3 configs.
+    # Every (target, training points, config) once: 2 targets x 2 sources x 4 configs.
     keys = {tuple(row[:3]) for row in rows}
     expected = {
         (target, source, config)
         for target in ("3-mode 1-D", "4-mode 2-D box")
         for source in ("self", "uniform")
-        for config in ("paper", "fast", "recommended")
+        for config in ("paper", "fast", "recommended", "balanced")
     }
     assert keys == expected and len(rows) == len(expected)
     for row in rows:

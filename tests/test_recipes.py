@@ -98,12 +98,12 @@ def test_fidelity_paper_switch_restores_table_1(tmp_path):
 def test_fidelity_accurate_builds_the_benchmarked_sampler():
     """``fidelity=accurate`` gives the agent what ``benchmarks/learned_fidelity.py`` measured as
     ``recommended`` (issue 11): noise output, matched start, 30 Euler-Maruyama steps from sigma
-    1e-2, K = 64 above sigma 0.3; ``fidelity=fast`` (the default) keeps the paper's network
-    output and start."""
+    1e-2, K = 64 above sigma 0.3; ``fidelity=balanced`` what it measured as ``balanced``;
+    ``fidelity=fast`` (the default) keeps the paper's network output and start."""
     from dqs_torchrl.experiments.harness import make_agent, make_env
 
     agents = {}
-    for fidelity in ("accurate", "fast"):
+    for fidelity in ("accurate", "fast", "balanced"):
         cfg = compose_config([f"fidelity={fidelity}", "algo.score_cells=16", "algo.q_cells=[16]"])
         agents[fidelity] = make_agent(cfg, make_env(cfg, 0))
     actor, loss = agents["accurate"].policy, agents["accurate"].losses["actor"][0]
@@ -115,8 +115,20 @@ def test_fidelity_accurate_builds_the_benchmarked_sampler():
     assert actor.schedule.sigma_min == pytest.approx(1e-2)
     assert len(actor.sigmas) == 30 + 1  # 30 steps from sigma_max to sigma_end (+ Tweedie)
     assert (loss.num_mc_samples, loss.num_mc_samples_small, loss.small_sigma) == (64, 16, 0.3)
+    assert loss.batch_rows is None  # accurate regresses on every row
     fast = agents["fast"].policy
     assert (fast.parameterization, fast.prior, fast.sampler) == ("score", "paper", "ancestral")
+    assert agents["fast"].losses["actor"][0].batch_rows is None
+    # balanced: accurate with 20 steps, K = 4 below sigma 0.3 and the score loss on 96 rows
+    actor, loss = agents["balanced"].policy, agents["balanced"].losses["actor"][0]
+    assert (actor.parameterization, actor.prior, actor.sampler) == (
+        "noise",
+        "matched",
+        "euler_maruyama",
+    )
+    assert actor.schedule.sigma_min == pytest.approx(1e-2) and len(actor.sigmas) == 20 + 1
+    assert (loss.num_mc_samples, loss.num_mc_samples_small, loss.small_sigma) == (64, 4, 0.3)
+    assert loss.batch_rows == 96
 
 
 @pytest.mark.parametrize("algo", ["dqs", "sac", "qsm"])
