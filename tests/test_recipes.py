@@ -219,6 +219,7 @@ def test_resume_continues_from_checkpoint(tmp_path):
         ("env.task=cheetah-fly", "env.task"),
         ("collector.total_frames=-5", "collector.total_frames"),
         ("algo.num_steps=0", "algo.num_steps"),
+        ("algo.score_batch_rows=0", "algo.score_batch_rows"),
         ("algo.temperature.initial=0", "algo.temperature.initial"),
         ("logger.backend=mlflow", "logger.backend"),
         ("logger.mode=cloud", "logger.mode"),
