@@ -46,7 +46,8 @@ temperature, a ``ScoreNetwork`` of width 128 and embeddings of 64, as ``tests/te
 
 Metrics, per (state, T) case, from ``--num-draws`` samples: the mode masses against the exact
 ones (quadrature: 200,001 nodes in 1-D, 801 x 801 in 2-D), and the unbiased energy distance in
-action space to as many exact draws (from the quadrature grid, jittered within a cell). The
+action space to as many exact draws (from the quadrature grid, jittered within a cell; both
+sides cut to their first 16,000, ``DISTANCE_DRAWS``, whose n x n distances fill memory). The
 table gives the worst mode-mass error over the cases (mean and max over seeds), the mean energy
 distance, the updates and the wall-clock seconds of training (and of the final sampling) per
 run. Full run (~2-8 min per run on one loaded core; paper rows the slowest):
@@ -150,7 +151,7 @@ def _parse_value(value: str) -> Any:
             return cast(value)
         except ValueError:
             pass
-    return {"None": None, "true": True, "false": False}.get(value, value)
+    return {"None": None, "null": None, "true": True, "false": False}.get(value, value)
 
 
 def config_summary(config: dict[str, Any]) -> str:

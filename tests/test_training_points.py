@@ -123,11 +123,18 @@ def test_batch_rows_is_the_loss_of_the_first_rows():
     every = _loss()(batch)["loss_actor"]
     assert torch.equal(got, alone)
     assert not torch.equal(got, every)
-    # A batch no larger than batch_rows is used whole; reduction="none" has one loss per row.
+    # A batch no larger than batch_rows is used whole; reduction="none" gives one loss per row
+    # used, flat, whatever the batch's shape.
     torch.manual_seed(5)
     assert torch.equal(_loss(batch_rows=32)(batch)["loss_actor"], every)
-    out = _loss(batch_rows=6, reduction="none")(_batch(20).reshape(4, 5))["loss_actor"]
-    assert out.shape == (6,)
+    for rows, expected in ((6, (6,)), (32, (20,))):
+        out = _loss(batch_rows=rows, reduction="none")(_batch(20).reshape(4, 5))["loss_actor"]
+        assert out.shape == expected
+    # Rows the batch's dims do not cover (a 0-dim tensordict holding 10 rows) are refused,
+    # not silently all used.
+    flat = TensorDict(observation=torch.zeros(10, 1), action_raw=torch.zeros(10, 2))
+    with pytest.raises(ValueError, match=r"batch_rows=4.*10 rows, batch_size \[\]"):
+        _loss(batch_rows=4)(flat)
 
 
 @pytest.mark.parametrize("value", [0, -3, 2.5, True, "8"])

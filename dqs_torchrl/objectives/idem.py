@@ -99,12 +99,13 @@ class IDEMScoreLoss(LossModule):
             one without this option. In [0, 1]; the rows replaced keep their state and
             `priority_weight`. docs/performance.md (*Learned sampler fidelity*) has the
             measurements.
-        batch_rows: regress on the first `batch_rows` rows of each (flattened) batch only;
+        batch_rows: regress on the first `batch_rows` rows of each batch, flattened, only;
             `None` (default) uses every row. The score target costs `K` critic evaluations
             per row, so a large `K` on fewer rows can cost what a small `K` on every row
-            does; replay batches are drawn independently row by row, so the first rows are a
-            uniform subsample. `reduction="none"` then returns one loss per row used,
-            `[batch_rows]`. A positive int.
+            does. With TorchRL's random or prioritized samplers the rows of a batch are drawn
+            independently, so the first rows are a uniform subsample (not so for a
+            `SliceSampler`'s contiguous slices). With it set, `reduction="none"` returns one
+            loss per row used, flat: `[min(batch_rows, rows)]`. A positive int.
 
     The loss writes `loss_actor` and the diagnostics `score_target_norm` (mean norm of the
     targets), `ess` (mean effective sample size `1 / sum_i w_i^2` of the K weights) and
@@ -398,7 +399,14 @@ class IDEMScoreLoss(LossModule):
         check_last_dim(
             replay, self.actor_network.low.shape[-1], repr(action_keys[0]), "IDEMScoreLoss"
         )
-        if self.batch_rows is not None and tensordict.numel() > self.batch_rows:
+        if self.batch_rows is not None:
+            rows = replay.shape[:-1].numel()
+            if tensordict.batch_size.numel() != rows:
+                raise ValueError(
+                    f"IDEMScoreLoss(batch_rows={self.batch_rows}) needs the batch's dims to cover "
+                    f"its rows: {action_keys[0]!r} has {rows} rows, batch_size "
+                    f"{list(tensordict.batch_size)}."
+                )
             tensordict = tensordict.reshape(-1)[: self.batch_rows]
             replay = tensordict.get(action_keys[0])
         batch_shape = replay.shape[:-1]

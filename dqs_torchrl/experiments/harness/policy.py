@@ -98,6 +98,7 @@ FIELDS_ADDED_SINCE_FIRST_RELEASE: dict[str, Any] = {
     "algo.energy": "squashed",
     "algo.parameterization": "score",
     "algo.prior": "paper",
+    "algo.score_batch_rows": None,  # every row
     # TemperatureController settings: read only with algo.temperature.schedule=auto, which
     # came with them; any value rebuilds an older run the same.
     "algo.temperature.target_entropy": "auto",
