@@ -106,29 +106,29 @@ def test_fidelity_accurate_builds_the_benchmarked_sampler():
     for fidelity in ("accurate", "fast", "balanced"):
         cfg = compose_config([f"fidelity={fidelity}", "algo.score_cells=16", "algo.q_cells=[16]"])
         agents[fidelity] = make_agent(cfg, make_env(cfg, 0))
-    actor, loss = agents["accurate"].policy, agents["accurate"].losses["actor"][0]
-    assert (actor.parameterization, actor.prior, actor.sampler) == (
-        "noise",
-        "matched",
-        "euler_maruyama",
-    )
-    assert actor.schedule.sigma_min == pytest.approx(1e-2)
-    assert len(actor.sigmas) == 30 + 1  # 30 steps from sigma_max to sigma_end (+ Tweedie)
-    assert (loss.num_mc_samples, loss.num_mc_samples_small, loss.small_sigma) == (64, 16, 0.3)
-    assert loss.batch_rows is None  # accurate regresses on every row
+    # (steps, K below sigma 0.3, score-loss rows): balanced is accurate with 20 steps, K = 4
+    # below sigma 0.3 and the score loss on 96 rows; accurate regresses on every row
+    for fidelity, (steps, k_small, rows) in {
+        "accurate": (30, 16, None),
+        "balanced": (20, 4, 96),
+    }.items():
+        actor, loss = agents[fidelity].policy, agents[fidelity].losses["actor"][0]
+        assert (actor.parameterization, actor.prior, actor.sampler) == (
+            "noise",
+            "matched",
+            "euler_maruyama",
+        )
+        assert actor.schedule.sigma_min == pytest.approx(1e-2)
+        assert len(actor.sigmas) == steps + 1  # steps from sigma_max to sigma_end (+ Tweedie)
+        assert (loss.num_mc_samples, loss.num_mc_samples_small, loss.small_sigma) == (
+            64,
+            k_small,
+            0.3,
+        )
+        assert loss.batch_rows == rows
     fast = agents["fast"].policy
     assert (fast.parameterization, fast.prior, fast.sampler) == ("score", "paper", "ancestral")
     assert agents["fast"].losses["actor"][0].batch_rows is None
-    # balanced: accurate with 20 steps, K = 4 below sigma 0.3 and the score loss on 96 rows
-    actor, loss = agents["balanced"].policy, agents["balanced"].losses["actor"][0]
-    assert (actor.parameterization, actor.prior, actor.sampler) == (
-        "noise",
-        "matched",
-        "euler_maruyama",
-    )
-    assert actor.schedule.sigma_min == pytest.approx(1e-2) and len(actor.sigmas) == 20 + 1
-    assert (loss.num_mc_samples, loss.num_mc_samples_small, loss.small_sigma) == (64, 4, 0.3)
-    assert loss.batch_rows == 96
 
 
 @pytest.mark.parametrize("algo", ["dqs", "sac", "qsm"])
