@@ -26,8 +26,14 @@ recent part of its replay buffer, and reports (one line, and a CSV row with ``--
   ``gap``: ``(E[Q(s, a_pi)] - max Q) / T`` (for SAC, T = 1: raw Q units);
 - with ``--eval-episodes N``: the mean return of N episodes sampling the policy and N with
   its deterministic mode (for DQS, the noise-free annealed ascent from the prior's mean);
-- for DQS/QSM with ``--paper-sampler``: the same for the same score network sampled with
-  table 1's 1000 Euler-Maruyama steps (how far the fast sampler moves behaviour).
+- for DQS/QSM with ``--samplers fast,balanced,...`` (names of the recipes' ``fidelity`` presets;
+  ``--paper-sampler`` is ``--samplers paper``, table 1's 1000 Euler-Maruyama steps): a row each
+  for the same trained networks sampled with that preset's sampler (its ``sampler``,
+  ``num_steps``, ``spacing``, ``sigma_end``, ``denoise`` and ``prior``; the network's own
+  ``parameterization`` and noise schedule), with ``--eval-episodes`` evaluated too: how much of a
+  run's behaviour is its sampler's.
+
+    python recipes/diagnose.py RUN_DIR --samplers fast,balanced --eval-episodes 20
 """
 
 from __future__ import annotations
@@ -37,10 +43,13 @@ import os
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict
+from torchrl.data import TensorSpec
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from dqs_torchrl import DiffusionActor
+from dqs_torchrl.experiments.configs import CONFIG_DIR
 from dqs_torchrl.experiments.harness.agents import make_agent
 from dqs_torchrl.experiments.harness.checkpoint import latest_checkpoint, load_checkpoint
 from dqs_torchrl.experiments.harness.loop import append_csv_row, make_env
@@ -60,12 +69,54 @@ def _policy_actions(
         return td["action"], None
 
 
+SAMPLER_FIELDS = ("sampler", "num_steps", "spacing", "sigma_end", "denoise", "prior")
+
+
+def fidelity_presets() -> list[str]:
+    """The names of the recipes' ``fidelity`` presets (``configs/fidelity/*.yaml``)."""
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / "fidelity").glob("*.yaml"))
+
+
+def preset_settings(preset: str) -> dict:
+    """The sampler settings (``SAMPLER_FIELDS``) of the ``fidelity`` preset ``preset``; a preset
+    that does not set ``prior`` samples from the paper's."""
+    if preset not in fidelity_presets():
+        raise ValueError(f"unknown fidelity preset {preset!r}; known: {fidelity_presets()}.")
+    spec = OmegaConf.load(Path(CONFIG_DIR) / "fidelity" / f"{preset}.yaml")
+    return {"prior": "paper"} | {k: spec[k] for k in SAMPLER_FIELDS if k in spec}
+
+
+def sampler_actor(
+    actor: DiffusionActor,
+    action_spec: TensorSpec,
+    cfg: DictConfig,
+    settings: dict,
+    temperature: float,
+) -> DiffusionActor:
+    """The trained ``actor``'s networks (its EMA too) sampled with other sampler ``settings``;
+    the network's parameterization, noise schedule and temperature stay the run's (they say
+    what the network was trained to output)."""
+    other = DiffusionActor(
+        actor.score_network,
+        action_spec,
+        sigma_min=cfg.algo.sigma_min,
+        sigma_max=cfg.algo.sigma_max,
+        parameterization=cfg.algo.parameterization,
+        temperature=temperature,
+        ema=actor.ema_network is not None,
+        **settings,
+    )
+    if actor.ema_network is not None:
+        other.ema_network.load_state_dict(actor.ema_network.state_dict())
+    return other
+
+
 def diagnose(
     run_dir: Path,
     states: int,
     actions: int,
     samples: int,
-    paper: bool,
+    presets: list[str] = (),
     eval_episodes: int = 0,
     grid: int = 0,
 ) -> list[dict]:
@@ -120,23 +171,17 @@ def diagnose(
             "boltz_sat": (boltz @ (u_grid.abs() > 0.9).float()).mean().item(),
             "boltz_gap": (((boltz * q_grid).sum(-1) - q_max) / temperature).mean().item(),
         }
-    samplers = [("recipe", None)]
-    if paper and cfg.algo.name != "sac":
-        actor: DiffusionActor = agent.policy
-        ref = DiffusionActor(
-            actor.score_network,
-            env.action_spec,
-            sigma_min=cfg.algo.sigma_min,
-            sigma_max=cfg.algo.sigma_max,
-            num_steps=1000,
-            sampler="euler_maruyama",
-            spacing="geometric",
-            temperature=temperature,
-            ema=actor.ema_network is not None,
-        )
-        if actor.ema_network is not None:
-            ref.ema_network.load_state_dict(actor.ema_network.state_dict())
-        samplers.append(("paper-1000-EM", ref))
+    samplers: list[tuple[str, DiffusionActor | None]] = [("recipe", None)]
+    if cfg.algo.name != "sac":
+        for name in presets:
+            samplers.append(
+                (
+                    name,
+                    sampler_actor(
+                        agent.policy, env.action_spec, cfg, preset_settings(name), temperature
+                    ),
+                )
+            )
     for name, actor in samplers:
         obs_s = obs.expand(samples, *obs.shape)
         torch.manual_seed(0)  # the same draws for every sampler
@@ -169,12 +214,12 @@ def diagnose(
     if eval_episodes:
         from dqs_torchrl.experiments.harness.loop import evaluate
 
-        eval_env = make_env(cfg, cfg.seed + 20_000)  # states neither run nor its eval saw
-        for row in rows:
-            if row["sampler"] != "recipe":
-                continue
+        for row, (_, actor) in zip(rows, samplers, strict=True):
             for mode in (False, True):
-                returns, _ = evaluate(eval_env, agent.policy, eval_episodes, deterministic=mode)
+                # every sampler meets the same episodes: states neither the run nor its eval saw
+                eval_env = make_env(cfg, cfg.seed + 20_000)
+                torch.manual_seed(0)
+                returns, _ = evaluate(eval_env, actor or agent.policy, eval_episodes, mode)
                 row["det_return" if mode else "stoch_return"] = sum(returns) / len(returns)
     return rows
 
@@ -198,7 +243,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--states", type=int, default=256)
     parser.add_argument("--actions", type=int, default=256, help="uniform actions per state")
     parser.add_argument("--samples", type=int, default=32, help="policy actions per state")
-    parser.add_argument("--paper-sampler", action="store_true")
+    parser.add_argument(
+        "--samplers",
+        default="",
+        help=f"comma-separated fidelity presets to sample the same networks with: "
+        f"{', '.join(fidelity_presets())}",
+    )
+    parser.add_argument("--paper-sampler", action="store_true", help="--samplers paper")
     parser.add_argument(
         "--grid", type=int, default=0, help="points per action dimension (d <= 2): exact exp(Q/T)"
     )
@@ -207,6 +258,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--csv", type=Path, default=None, help="append the rows here")
     args = parser.parse_args(argv)
+    presets = [name for name in args.samplers.split(",") if name]
+    if args.paper_sampler and "paper" not in presets:
+        presets.append("paper")
+    unknown = [name for name in presets if name not in fidelity_presets()]
+    if unknown:
+        parser.error(
+            f"--samplers: unknown fidelity preset(s) {unknown}; known: {fidelity_presets()}"
+        )
     torch.set_num_threads(1)
     for run_dir in args.run_dirs:
         for row in diagnose(
@@ -214,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
             args.states,
             args.actions,
             args.samples,
-            args.paper_sampler,
+            presets,
             args.eval_episodes,
             args.grid,
         ):

@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
-from test_recipes import recipe_command
+from test_recipes import ROOT, recipe_command
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from dqs_torchrl.experiments.configs import CONFIG_DIR
@@ -231,3 +231,46 @@ def test_watch_puts_two_policies_side_by_side(video_run, tmp_path):
     returns, _ = evaluate(env_, policy, 1, False, max_steps=20)
     assert data["returns"][0] == pytest.approx(returns[0], rel=1e-5, abs=1e-6)
     assert printed[0] == f"new: 150 frames, return {returns[0]:.0f}"
+
+
+def test_diagnose_samples_a_runs_networks_with_another_preset(video_run, capsys):
+    """recipes/diagnose.py --samplers: the run's actor rebuilt with its own sampler settings
+    draws exactly what the run's actor draws (same networks, EMA, schedule, parameterization
+    and T), a preset's settings are its file's, another preset's row differs, every row is
+    evaluated on the same episodes, and an unknown preset is refused with the known names."""
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import diagnose
+
+    cfg = load_run_config(video_run)
+    env = make_env(cfg, 0)
+    agent = make_agent(cfg, env)
+    agent.load_state_dict(load_checkpoint(latest_checkpoint(video_run / "checkpoints"))["agent"])
+    actor, temperature = agent.policy, float(cfg.algo.temperature.initial)
+    own = {k: cfg.algo[k] for k in diagnose.SAMPLER_FIELDS}
+    rebuilt = diagnose.sampler_actor(actor, env.action_spec, cfg, own, temperature)
+    obs = torch.randn(6, env.observation_spec["observation"].shape[-1])
+    torch.manual_seed(5)
+    expected = actor.sample(obs)
+    torch.manual_seed(5)
+    got = rebuilt.sample(obs)
+    assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
+
+    balanced = diagnose.preset_settings("balanced")
+    assert balanced == {
+        "prior": "matched",
+        "sampler": "euler_maruyama",
+        "num_steps": 20,
+        "spacing": "geometric",
+        "sigma_end": 1e-2,
+        "denoise": True,
+    }
+    assert diagnose.preset_settings("paper")["prior"] == "paper"  # the file does not say
+
+    rows = diagnose.diagnose(video_run, 8, 8, 4, ["balanced"], eval_episodes=1)
+    assert [row["sampler"] for row in rows] == ["recipe", "balanced"]
+    assert rows[0]["spread"] != rows[1]["spread"]
+    assert all("stoch_return" in row and "det_return" in row for row in rows)
+
+    with pytest.raises(SystemExit):
+        diagnose.main([str(video_run), "--samplers", "fast,nope"])
+    assert "unknown fidelity preset(s) ['nope']; known: ['accurate'" in capsys.readouterr().err
