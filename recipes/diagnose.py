@@ -25,7 +25,8 @@ recent part of its replay buffer, and reports (one line, and a CSV row with ``--
   ``boltz_abs_u``, ``boltz_sat``, ``boltz_gap``: ``(E[Q] - max Q) / T``) and, per sampler,
   ``gap``: ``(E[Q(s, a_pi)] - max Q) / T`` (for SAC, T = 1: raw Q units);
 - with ``--eval-episodes N``: the mean return of N episodes sampling the policy and N with
-  its deterministic mode (for DQS, the noise-free annealed ascent from the prior's mean);
+  its deterministic mode (for DQS, the noise-free annealed ascent from the prior's mean); on
+  the maze also where the sampled episodes ended (``episodes_<outcome>``, as in ``eval.csv``);
 - for DQS/QSM with ``--samplers fast,balanced,...`` (names of the recipes' ``fidelity`` presets;
   ``--paper-sampler`` is ``--samplers paper``, table 1's 1000 Euler-Maruyama steps): a row each
   for the same trained networks sampled with that preset's sampler (its ``sampler``,
@@ -219,8 +220,13 @@ def diagnose(
                 # every sampler meets the same episodes: states neither the run nor its eval saw
                 eval_env = make_env(cfg, cfg.seed + 20_000)
                 torch.manual_seed(0)
-                returns, _ = evaluate(eval_env, actor or agent.policy, eval_episodes, mode)
+                returns, paths = evaluate(eval_env, actor or agent.policy, eval_episodes, mode)
                 row["det_return" if mode else "stoch_return"] = sum(returns) / len(returns)
+                if cfg.env.suite == "maze" and not mode:  # where the sampled episodes ended
+                    from dqs_torchrl.experiments.maze import count_outcomes
+
+                    outcomes = count_outcomes(path[:, :2] for path in paths)
+                    row |= {f"episodes_{k}": v for k, v in outcomes.items()}
     return rows
 
 
