@@ -131,6 +131,46 @@ def test_fidelity_accurate_builds_the_benchmarked_sampler():
     assert agents["fast"].losses["actor"][0].batch_rows is None
 
 
+def test_each_recipe_defaults_to_the_sampler_measured_for_its_energy():
+    """The maze (the box's Boltzmann policy, ``energy=squashed``) defaults to
+    ``fidelity=balanced``, the DMC recipe (the paper's unbounded energy) to ``fidelity=fast``
+    (issue 11, docs/performance.md); ``fidelity=fast`` on the maze gives it DMC's sampler and
+    estimator (as before the switch), ``fidelity=balanced`` on DMC the maze's, and the preset
+    changes nothing outside ``algo``."""
+    from omegaconf import OmegaConf
+
+    maze = compose_config(config_name="dqs_maze")
+    dmc = compose_config()
+    assert (maze.algo.energy, maze.algo.sampler, maze.algo.num_steps) == (
+        "squashed",
+        "euler_maruyama",
+        20,
+    )
+    assert (maze.algo.prior, maze.algo.score_batch_rows) == ("matched", 96)
+    assert (dmc.algo.energy, dmc.algo.sampler, dmc.algo.num_steps) == ("unbounded", "ancestral", 10)
+    fast_maze = compose_config(["fidelity=fast"], config_name="dqs_maze")
+    balanced_dmc = compose_config(["fidelity=balanced"])
+    keys = (
+        "sampler",
+        "num_steps",
+        "prior",
+        "parameterization",
+        "sigma_min",
+        "num_mc_samples",
+        "num_mc_samples_small",
+        "small_sigma",
+        "score_batch_rows",
+    )
+    assert {k: fast_maze.algo[k] for k in keys} == {k: dmc.algo[k] for k in keys}
+    assert {k: balanced_dmc.algo[k] for k in keys} == {k: maze.algo[k] for k in keys}
+    # the rest of the maze config is untouched by the preset
+    rest = OmegaConf.to_container(fast_maze)
+    rest_balanced = OmegaConf.to_container(maze)
+    assert {k: v for k, v in rest.items() if k != "algo"} == {
+        k: v for k, v in rest_balanced.items() if k != "algo"
+    }
+
+
 @pytest.mark.parametrize("algo", ["dqs", "sac", "qsm"])
 def test_maze_recipe_smoke(tmp_path, algo):
     proc = run_recipe("dqs_maze.py", tmp_path, f"algo={algo}")
