@@ -235,6 +235,7 @@ def test_watch_puts_two_policies_side_by_side(video_run, tmp_path):
     assert printed[0] == f"new: 150 frames, return {returns[0]:.0f}"
 
 
+@needs_rendering  # the run is the module's video run
 def test_diagnose_samples_a_runs_networks_with_another_preset(video_run, capsys):
     """recipes/diagnose.py --samplers: the run's actor rebuilt with its own sampler settings
     draws exactly what the run's actor draws (same networks, EMA, schedule, parameterization
