@@ -44,7 +44,7 @@ import os
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tensordict import TensorDict
 from torchrl.data import TensorSpec
 from torchrl.envs.utils import ExplorationType, set_exploration_type
@@ -53,6 +53,7 @@ from dqs_torchrl import DiffusionActor
 from dqs_torchrl.experiments.configs import CONFIG_DIR
 from dqs_torchrl.experiments.harness.agents import make_agent
 from dqs_torchrl.experiments.harness.checkpoint import latest_checkpoint, load_checkpoint
+from dqs_torchrl.experiments.harness.config import compose_config
 from dqs_torchrl.experiments.harness.loop import append_csv_row, make_env
 from dqs_torchrl.experiments.harness.policy import load_run_config
 
@@ -79,12 +80,13 @@ def fidelity_presets() -> list[str]:
 
 
 def preset_settings(preset: str) -> dict:
-    """The sampler settings (``SAMPLER_FIELDS``) of the ``fidelity`` preset ``preset``; a preset
-    that does not set ``prior`` samples from the paper's."""
+    """The sampler settings (``SAMPLER_FIELDS``) that ``fidelity=<preset>`` gives the DQS
+    recipe, composed as the recipe composes them (a preset that does not set ``prior`` keeps
+    the recipe's)."""
     if preset not in fidelity_presets():
         raise ValueError(f"unknown fidelity preset {preset!r}; known: {fidelity_presets()}.")
-    spec = OmegaConf.load(Path(CONFIG_DIR) / "fidelity" / f"{preset}.yaml")
-    return {"prior": "paper"} | {k: spec[k] for k in SAMPLER_FIELDS if k in spec}
+    algo = compose_config([f"fidelity={preset}"]).algo
+    return {k: algo[k] for k in SAMPLER_FIELDS}
 
 
 def sampler_actor(
@@ -221,6 +223,7 @@ def diagnose(
                 eval_env = make_env(cfg, cfg.seed + 20_000)
                 torch.manual_seed(0)
                 returns, paths = evaluate(eval_env, actor or agent.policy, eval_episodes, mode)
+                eval_env.close()
                 row["det_return" if mode else "stoch_return"] = sum(returns) / len(returns)
                 if cfg.env.suite == "maze" and not mode:  # where the sampled episodes ended
                     from dqs_torchrl.experiments.maze import count_outcomes
