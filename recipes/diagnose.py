@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -175,6 +176,12 @@ def diagnose(
             "boltz_gap": (((boltz * q_grid).sum(-1) - q_max) / temperature).mean().item(),
         }
     samplers: list[tuple[str, DiffusionActor | None]] = [("recipe", None)]
+    if presets and cfg.algo.name == "sac":
+        print(
+            f"{run_dir}: a SAC run has no diffusion sampler; --samplers {','.join(presets)} "
+            "skipped for it (its row is the recipe's policy)",
+            file=sys.stderr,
+        )
     if cfg.algo.name != "sac":
         for name in presets:
             samplers.append(

@@ -223,3 +223,25 @@ def test_a_run_another_process_holds_is_reported_running_and_not_started(tmp_pat
         out = _run(["run", "--spec", str(spec_file), "--only", "cartpole-balance/dqs"])
         assert "0 to run" in out.stdout and "another process is running it" in out.stdout
     assert runs[0].state(root) == "fresh"  # released: it can be started
+
+
+def test_an_interrupted_run_says_the_checkpoint_it_resumes_from(tmp_path):
+    """Checkpoints are written more often than evaluations: the status and the resume line
+    name the checkpoint's frames (where training goes on), not the last evaluation's."""
+    spec_file = _write(
+        tmp_path / "c.yaml",
+        f"root: {tmp_path / 'runs'}\ntotal_frames: 300\ngroups: [{{tasks: [cartpole-balance]}}]\n",
+    )
+    root, runs = campaign.load_spec(spec_file)
+    run_dir = runs[0].path(root)
+    (run_dir / "checkpoints").mkdir(parents=True)
+    for frames in (100, 200):
+        (run_dir / "checkpoints" / f"ckpt_{frames:012d}.pt").write_bytes(b"x")
+    (run_dir / "eval.csv").write_text("frames,return_mean\n100,1.5\n")
+    assert runs[0].frames_done(root) == 100 and runs[0].checkpoint_frames(root) == 200
+    assert runs[0].state(root) == "interrupted (checkpoint at 200)"
+    assert runs[1].checkpoint_frames(root) is None and runs[1].state(root) == "fresh"
+    assert "resume=true" in runs[0].command(root)
+    name = f"{runs[0].task}/{runs[0].name}/seed{runs[0].seed}"
+    line = next(x for x in campaign.status(root, runs).splitlines() if x.startswith(name))
+    assert line.endswith("interrupted (checkpoint at 200)"), line

@@ -45,6 +45,7 @@ import yaml
 
 from dqs_torchrl.experiments import plot
 from dqs_torchrl.experiments.configs import CONFIG_DIR
+from dqs_torchrl.experiments.harness.checkpoint import latest_checkpoint
 from dqs_torchrl.experiments.harness.plotting import agg_figure
 from dqs_torchrl.experiments.harness.rundir import results_in
 
@@ -73,7 +74,12 @@ class Run:
         return _last_frames(self.path(root) / "eval.csv")
 
     def has_checkpoint(self, root: Path) -> bool:
-        return any((self.path(root) / "checkpoints").glob("ckpt_*.pt"))
+        return self.checkpoint_frames(root) is not None
+
+    def checkpoint_frames(self, root: Path) -> int | None:
+        """The frame count of the newest checkpoint (where a resume starts), or ``None``."""
+        newest = latest_checkpoint(self.path(root) / "checkpoints")
+        return None if newest is None else int(newest.stem.removeprefix("ckpt_"))
 
     def is_running(self, root: Path) -> bool:
         """Whether a process holds the run directory's lock (`harness.rundir`)."""
@@ -94,7 +100,7 @@ class Run:
         if self.is_running(root):
             return "running"
         if self.has_checkpoint(root):
-            return "interrupted"
+            return f"interrupted (checkpoint at {self.checkpoint_frames(root):,})"
         return "started, no checkpoint" if results_in(self.path(root)) else "fresh"
 
     def command(self, root: Path) -> list[str]:
@@ -211,8 +217,14 @@ def run_all(root: Path, runs: list[Run], jobs: int, poll_s: float = 5.0) -> int:
                 log.flush()
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
                 log.close()
-                verb = "resume" if "resume=true" in cmd else "start"
-                print(f"{verb} {r.path(root)} (from {r.frames_done(root):,} frames)", flush=True)
+                if "resume=true" in cmd:
+                    where = (
+                        f"from its checkpoint at {r.checkpoint_frames(root):,} frames, "
+                        f"evaluated to {r.frames_done(root):,}"
+                    )
+                    print(f"resume {r.path(root)} ({where})", flush=True)
+                else:
+                    print(f"start {r.path(root)}", flush=True)
                 active.append((r, proc, time.time()))
             time.sleep(poll_s)
             for item in list(active):
