@@ -40,9 +40,9 @@ temperature, a ``ScoreNetwork`` of width 128 and embeddings of 64, as ``tests/te
 * ``fast``: ``fidelity/fast.yaml`` as the recipes run it (sigma_max 1, paper prior);
 * ``recommended``: the settings this benchmark chose first, the recipes' ``fidelity=accurate``
   (see docs/performance.md);
-* ``balanced``: the recipes' ``fidelity=balanced``: ``recommended`` made about as cheap
-  as a ``fast`` update; its score loss regresses on ``score_batch_rows`` = 96 rows per update
-  (48 per temperature on the 3-mode target), not ``--batch`` per temperature.
+* ``balanced``: the recipes' ``fidelity=balanced``: ``recommended`` at 1.3 times the cost of
+  a ``fast`` update; its score loss regresses on ``score_batch_rows`` = 128 rows per update
+  (64 per temperature on the 3-mode target), not ``--batch`` per temperature.
 
 Metrics, per (state, T) case, from ``--num-draws`` samples: the mode masses against the exact
 ones (quadrature: 200,001 nodes in 1-D, 801 x 801 in 2-D), and the unbiased energy distance in
@@ -124,9 +124,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "recommended": _preset("accurate"),
     # The recipes' `fidelity=balanced` (fidelity/balanced.yaml): `recommended` with 20 sampler
     # steps (the estimator's limit: 0.016 on the 3-mode target, 30 steps 0.023, 14 steps 0.041),
-    # K = 4 below sigma 0.3 (limit 0.019) and the score loss on `score_batch_rows` = 96 rows per
-    # update, split evenly over the temperatures, where the others regress on `--batch` rows
-    # per temperature: what makes its update cost about a `fast` one in the recipes.
+    # K = 4 below sigma 0.3 (limit 0.019) and the score loss on `score_batch_rows` = 128 rows
+    # per update, split evenly over the temperatures, where the others regress on `--batch`
+    # rows per temperature: 1.3 times a `fast` update in the recipes where `recommended` costs
+    # 2.7 (96 rows cost 1.1 and read 0.033 on one 3-mode seed of three).
     "balanced": _preset("balanced"),
 }
 

@@ -53,17 +53,18 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     # issue 11's accurate sampler: noise output, matched start, Euler-Maruyama 30 steps to 1e-2
     # + Tweedie, blended target K=64 (K=16 at sigma<=0.3)
     "accurate": ("fidelity=accurate",),
-    # issue 11's candidate default: accurate's fidelity at about fast's cost (noise output,
-    # matched start, Euler-Maruyama 20 steps to 1e-2 + Tweedie, blended target K=64 above sigma
-    # 0.3 and K=4 below, the score loss on 96 rows of the batch)
+    # issue 11's balanced sampler (the maze's default): accurate's fidelity at 1.3x fast's cost
+    # (noise output, matched start, Euler-Maruyama 20 steps to 1e-2 + Tweedie, blended target
+    # K=64 above sigma 0.3 and K=4 below, the score loss on 128 rows of the batch)
     "balanced": ("fidelity=balanced",),
-    # its parts: all 256 rows and K=16 below sigma 0.3 (= accurate with 20 steps), 128 rows
+    # its parts: all 256 rows and K=16 below sigma 0.3 (= accurate with 20 steps); 96 rows (the
+    # preset of sessions 10-11 and of the campaign's dqs-balanced runs)
     "balanced_all_rows": (
         "fidelity=balanced",
         "algo.score_batch_rows=null",
         "algo.num_mc_samples_small=16",
     ),
-    "balanced_rows128": ("fidelity=balanced", "algo.score_batch_rows=128"),
+    "balanced_rows96": ("fidelity=balanced", "algo.score_batch_rows=96"),
 }
 
 

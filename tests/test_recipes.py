@@ -107,10 +107,10 @@ def test_fidelity_accurate_builds_the_benchmarked_sampler():
         cfg = compose_config([f"fidelity={fidelity}", "algo.score_cells=16", "algo.q_cells=[16]"])
         agents[fidelity] = make_agent(cfg, make_env(cfg, 0))
     # (steps, K below sigma 0.3, score-loss rows): balanced is accurate with 20 steps, K = 4
-    # below sigma 0.3 and the score loss on 96 rows; accurate regresses on every row
+    # below sigma 0.3 and the score loss on 128 rows; accurate regresses on every row
     for fidelity, (steps, k_small, rows) in {
         "accurate": (30, 16, None),
-        "balanced": (20, 4, 96),
+        "balanced": (20, 4, 128),
     }.items():
         actor, loss = agents[fidelity].policy, agents[fidelity].losses["actor"][0]
         assert (actor.parameterization, actor.prior, actor.sampler) == (
@@ -146,7 +146,7 @@ def test_each_recipe_defaults_to_the_sampler_measured_for_its_energy():
         "euler_maruyama",
         20,
     )
-    assert (maze.algo.prior, maze.algo.score_batch_rows) == ("matched", 96)
+    assert (maze.algo.prior, maze.algo.score_batch_rows) == ("matched", 128)
     assert (dmc.algo.energy, dmc.algo.sampler, dmc.algo.num_steps) == ("unbounded", "ancestral", 10)
     fast_maze = compose_config(["fidelity=fast"], config_name="dqs_maze")
     balanced_dmc = compose_config(["fidelity=balanced"])
