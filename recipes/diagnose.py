@@ -283,6 +283,7 @@ def main(argv: list[str] | None = None) -> None:
             f"--samplers: unknown fidelity preset(s) {unknown}; known: {fidelity_presets()}"
         )
     torch.set_num_threads(1)
+    rows = []
     for run_dir in args.run_dirs:
         for row in diagnose(
             run_dir,
@@ -298,8 +299,13 @@ def main(argv: list[str] | None = None) -> None:
                     f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                 )
             )
-            if args.csv:
-                append_csv_row(args.csv, row)
+            rows.append(row)
+    if args.csv:
+        # one header for every row (a maze run has goal columns, an unbounded energy latent
+        # ones): the union, in order of first appearance; a row's missing columns stay empty
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        for row in rows:
+            append_csv_row(args.csv, {k: row.get(k, "") for k in columns})
 
 
 if __name__ == "__main__":

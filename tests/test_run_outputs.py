@@ -277,3 +277,21 @@ def test_diagnose_samples_a_runs_networks_with_another_preset(video_run, capsys)
     with pytest.raises(SystemExit):
         diagnose.main([str(video_run), "--samplers", "fast,nope"])
     assert "unknown fidelity preset(s) ['nope']; known: ['accurate'" in capsys.readouterr().err
+
+
+def test_a_csv_row_under_another_header_is_refused_and_the_file_kept(tmp_path):
+    """`append_csv_row` (eval.csv, diagnose --csv): a row whose columns differ from the file's
+    header would be read under the wrong names; it is refused, naming the columns, and the
+    file is unchanged. Rows with the file's columns append."""
+    from dqs_torchrl.experiments.harness.loop import append_csv_row
+
+    path = tmp_path / "rows.csv"
+    append_csv_row(path, {"frames": 10, "return_mean": 1.5})
+    append_csv_row(path, {"frames": 20, "return_mean": 2.5})
+    before = path.read_text()
+    assert before.splitlines() == ["frames,return_mean", "10,1.5", "20,2.5"]
+    with pytest.raises(ValueError, match=r"missing from the row: \['return_mean'\].*\['gap'\]"):
+        append_csv_row(path, {"frames": 30, "gap": 0.1})
+    with pytest.raises(ValueError, match="another order"):
+        append_csv_row(path, {"return_mean": 3.5, "frames": 30})
+    assert path.read_text() == before

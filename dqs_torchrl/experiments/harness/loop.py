@@ -230,8 +230,23 @@ class _EvalLog:
 
 
 def append_csv_row(path: Path, row: dict[str, Any]) -> None:
-    """Append `row` to the CSV file at `path`, writing the header (its keys) if the file is new."""
-    new = not path.exists()
+    """Append `row` to the CSV file at `path`, writing the header (its keys) if the file is new.
+
+    A file whose header names other columns is refused (a `ValueError` naming the file and the
+    columns): its rows would be read under the wrong names.
+    """
+    new = not path.exists() or path.stat().st_size == 0
+    if not new:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+        if header != list(row):
+            missing = [k for k in header if k not in row]
+            extra = [k for k in row if k not in header]
+            raise ValueError(
+                f"{path}: its header has other columns than this row (missing from the row: "
+                f"{missing}; not in the header: {extra}; or another order); "
+                "write these rows to another file"
+            )
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(row))
         if new:
