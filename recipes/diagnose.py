@@ -40,6 +40,7 @@ recent part of its replay buffer, and reports (one line, and a CSV row with ``--
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import sys
 from pathlib import Path
@@ -283,29 +284,43 @@ def main(argv: list[str] | None = None) -> None:
             f"--samplers: unknown fidelity preset(s) {unknown}; known: {fidelity_presets()}"
         )
     torch.set_num_threads(1)
-    rows = []
-    for run_dir in args.run_dirs:
-        for row in diagnose(
-            run_dir,
-            args.states,
-            args.actions,
-            args.samples,
-            presets,
-            args.eval_episodes,
-            args.grid,
-        ):
-            print(
-                "  ".join(
-                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+    rows: list[dict] = []
+    try:
+        for run_dir in args.run_dirs:
+            for row in diagnose(
+                run_dir,
+                args.states,
+                args.actions,
+                args.samples,
+                presets,
+                args.eval_episodes,
+                args.grid,
+            ):
+                print(
+                    "  ".join(
+                        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in row.items()
+                    )
                 )
-            )
-            rows.append(row)
-    if args.csv:
-        # one header for every row (a maze run has goal columns, an unbounded energy latent
-        # ones): the union, in order of first appearance; a row's missing columns stay empty
-        columns = list(dict.fromkeys(k for row in rows for k in row))
-        for row in rows:
-            append_csv_row(args.csv, {k: row.get(k, "") for k in columns})
+                rows.append(row)
+    finally:  # the rows of the runs diagnosed before a failure are kept too
+        if args.csv and rows:
+            write_rows(args.csv, rows)
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """Append `rows` to the CSV at `path` under one header: the union of their columns (a maze
+    run has goal columns, an unbounded energy latent ones), in order of first appearance, or
+    the file's own header when it has every one of them; a row's missing columns stay empty.
+    A file whose header lacks some is refused by `append_csv_row`, naming them."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    if path.is_file() and path.stat().st_size:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+        if set(columns) <= set(header):
+            columns = header
+    for row in rows:
+        append_csv_row(path, {k: row.get(k, "") for k in columns})
 
 
 if __name__ == "__main__":

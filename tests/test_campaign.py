@@ -242,6 +242,36 @@ def test_an_interrupted_run_says_the_checkpoint_it_resumes_from(tmp_path):
     assert runs[0].state(root) == "interrupted (checkpoint at 200)"
     assert runs[1].checkpoint_frames(root) is None and runs[1].state(root) == "fresh"
     assert "resume=true" in runs[0].command(root)
+    assert runs[0].start_line(root) == (
+        f"resume {run_dir} (from its checkpoint at 200 frames, evaluated to 100)"
+    )
+    assert runs[1].start_line(root) == f"start {runs[1].path(root)}"
     name = f"{runs[0].task}/{runs[0].name}/seed{runs[0].seed}"
     line = next(x for x in campaign.status(root, runs).splitlines() if x.startswith(name))
     assert line.endswith("interrupted (checkpoint at 200)"), line
+
+
+def test_only_selects_whole_parts_of_a_runs_name(tmp_path):
+    """``--only`` names runs by whole parts of task/name/seedK: ``dqs`` is not a prefix match
+    for ``dqs-x`` (nor for the run root's own name), and a selector that names no run is
+    refused with the runs there are."""
+    spec_file = _write(
+        tmp_path / "c.yaml",
+        f"root: {tmp_path / 'dqs-runs'}\ntotal_frames: 300\ngroups: [{{tasks: [cheetah-run, "
+        "walker-run], seeds: [0, 1], algos: [dqs, {name: dqs-x, algo: dqs}]}]\n",
+    )
+    _, runs = campaign.load_spec(spec_file)
+
+    def chosen(selector):
+        return {f"{r.task}/{r.name}/seed{r.seed}" for r in runs if r.matches(selector)}
+
+    assert chosen("cheetah-run/dqs") == {"cheetah-run/dqs/seed0", "cheetah-run/dqs/seed1"}
+    assert chosen("dqs-x/seed1") == {"cheetah-run/dqs-x/seed1", "walker-run/dqs-x/seed1"}
+    assert len(chosen("dqs")) == 4 and len(chosen("seed0")) == 4 and chosen("dq") == set()
+    assert chosen("walker-run/dqs-x/seed0") == {"walker-run/dqs-x/seed0"}
+    out = _run(["status", "--spec", str(spec_file), "--only", "cheetah-run/dqs-x"])
+    assert out.returncode == 0 and out.stdout.count("cheetah-run/dqs-x/seed") == 2, out.stdout
+    assert "walker-run" not in out.stdout and "cheetah-run/dqs/" not in out.stdout
+    out = _run(["status", "--spec", str(spec_file), "--only", "cheetah-run/dqs-y,seed1"])
+    assert out.returncode == 2 and "['cheetah-run/dqs-y']" in out.stderr, out.stderr
+    assert "cheetah-run/dqs-x" in out.stderr

@@ -295,3 +295,29 @@ def test_a_csv_row_under_another_header_is_refused_and_the_file_kept(tmp_path):
     with pytest.raises(ValueError, match="another order"):
         append_csv_row(path, {"return_mean": 3.5, "frames": 30})
     assert path.read_text() == before
+    path.write_text(before + "30,3.")  # a row cut short by a kill
+    with pytest.raises(ValueError, match="last line is not ended"):
+        append_csv_row(path, {"frames": 40, "return_mean": 4.5})
+    path.write_text("")  # what a resume's truncation leaves before the first evaluation
+    append_csv_row(path, {"frames": 50, "return_mean": 5.5})
+    assert path.read_text().splitlines() == ["frames,return_mean", "50,5.5"]
+
+
+def test_diagnose_csv_puts_rows_of_different_runs_under_one_header(tmp_path):
+    """diagnose.py --csv: a DMC row (latent columns) and a maze row (goal columns) share one
+    header, the union, with empty cells; a later call whose columns the file has appends under
+    the file's header; one with a new column is refused and leaves the file as it was."""
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import diagnose
+
+    path = tmp_path / "diag.csv"
+    diagnose.write_rows(
+        path,
+        [{"run": "a", "q_pct": 80.0, "latent_abs": 5.5}, {"run": "b", "q_pct": 70.0, "goal": 3}],
+    )
+    diagnose.write_rows(path, [{"goal": 4, "run": "c"}])
+    lines = path.read_text().splitlines()
+    assert lines == ["run,q_pct,latent_abs,goal", "a,80.0,5.5,", "b,70.0,,3", "c,,,4"]
+    with pytest.raises(ValueError, match=r"not in the header: \['gap'\]"):
+        diagnose.write_rows(path, [{"run": "d", "gap": 1.0}])
+    assert path.read_text().splitlines() == lines

@@ -69,6 +69,25 @@ class Run:
     def path(self, root: Path) -> Path:
         return root / self.task / self.name / f"seed{self.seed}"
 
+    def matches(self, selector: str) -> bool:
+        """Whether `selector` (``--only``) names this run: whole parts of ``task/name/seedK``,
+        consecutive (``finger-spin``, ``dqs-balanced``, ``two-goal-maze/dqs``, ``seed1``);
+        ``dqs`` does not select ``dqs-balanced``."""
+        parts = [self.task, self.name, f"seed{self.seed}"]
+        want = [p for p in selector.split("/") if p]
+        n = len(want)
+        return n > 0 and any(parts[i : i + n] == want for i in range(len(parts) - n + 1))
+
+    def start_line(self, root: Path) -> str:
+        """What ``run`` prints when it launches this run: a resume names its checkpoint's
+        frames (checkpoints are written more often than evaluations)."""
+        if not self.has_checkpoint(root):
+            return f"start {self.path(root)}"
+        return (
+            f"resume {self.path(root)} (from its checkpoint at {self.checkpoint_frames(root):,} "
+            f"frames, evaluated to {self.frames_done(root):,})"
+        )
+
     def frames_done(self, root: Path) -> int:
         """The last evaluated frame count (0 before the first evaluation)."""
         return _last_frames(self.path(root) / "eval.csv")
@@ -217,14 +236,7 @@ def run_all(root: Path, runs: list[Run], jobs: int, poll_s: float = 5.0) -> int:
                 log.flush()
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
                 log.close()
-                if "resume=true" in cmd:
-                    where = (
-                        f"from its checkpoint at {r.checkpoint_frames(root):,} frames, "
-                        f"evaluated to {r.frames_done(root):,}"
-                    )
-                    print(f"resume {r.path(root)} ({where})", flush=True)
-                else:
-                    print(f"start {r.path(root)}", flush=True)
+                print(r.start_line(root), flush=True)
                 active.append((r, proc, time.time()))
             time.sleep(poll_s)
             for item in list(active):
@@ -462,7 +474,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", type=Path, default=None, help="override the file's run root")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one core each)")
     parser.add_argument(
-        "--only", default=None, help="only runs whose path contains one of these (comma-separated)"
+        "--only",
+        default=None,
+        help="only these runs (comma-separated): whole parts of task/name/seedK, "
+        "e.g. finger-spin/dqs, dqs-balanced, two-goal-maze, seed1",
     )
     parser.add_argument("--print", action="store_true", help="run: print commands, start none")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="collected CSVs")
@@ -485,8 +500,15 @@ def main(argv: list[str] | None = None) -> None:
     root, runs = load_spec(args.spec)
     root = args.root or root
     if args.only:
-        keys = args.only.split(",")
-        runs = [r for r in runs if any(k in str(r.path(root)) for k in keys)]
+        selectors = [k.strip() for k in args.only.split(",") if k.strip()]
+        unmatched = [k for k in selectors if not any(r.matches(k) for r in runs)]
+        if unmatched:
+            known = sorted({f"{r.task}/{r.name}" for r in runs})
+            parser.error(
+                f"--only: no run of {args.spec} is named by {unmatched} (whole parts of "
+                f"task/name/seedK); its runs: {', '.join(known)}"
+            )
+        runs = [r for r in runs if any(r.matches(k) for k in selectors)]
     if args.command == "status":
         print(status(root, runs))
     elif args.command == "collect":

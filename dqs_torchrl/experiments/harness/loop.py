@@ -233,12 +233,19 @@ def append_csv_row(path: Path, row: dict[str, Any]) -> None:
     """Append `row` to the CSV file at `path`, writing the header (its keys) if the file is new.
 
     A file whose header names other columns is refused (a `ValueError` naming the file and the
-    columns): its rows would be read under the wrong names.
+    columns): its rows would be read under the wrong names; so is one whose last line is not
+    ended (a row cut short: the new row would be glued to it).
     """
     new = not path.exists() or path.stat().st_size == 0
     if not new:
-        with open(path, newline="") as f:
-            header = next(csv.reader(f), [])
+        text = path.read_text()
+        header = next(csv.reader(text.splitlines()[:1]), [])
+        if not text.endswith("\n") or not header:
+            what = "its last line is not ended" if header else "no header on its first line"
+            raise ValueError(
+                f"{path}: {what} (not a CSV this code wrote, or one cut short); "
+                "write these rows to another file"
+            )
         if header != list(row):
             missing = [k for k in header if k not in row]
             extra = [k for k in row if k not in header]
