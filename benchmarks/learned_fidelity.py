@@ -127,7 +127,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # K = 4 below sigma 0.3 (limit 0.019) and the score loss on `score_batch_rows` = 128 rows
     # per update, split evenly over the temperatures, where the others regress on `--batch`
     # rows per temperature: 1.3 times a `fast` update in the recipes where `recommended` costs
-    # 2.7 (96 rows cost 1.1 and read 0.033 on one 3-mode seed of three).
+    # 2.7 (96 rows cost 1.05-1.10 and read 0.033 on one 3-mode seed of three).
     "balanced": _preset("balanced"),
 }
 

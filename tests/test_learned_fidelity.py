@@ -98,8 +98,9 @@ def test_guard_three_modes_from_its_own_samples(learned_fidelity):
     RL case) for 5000 updates, samples every mode of the 3-mode target, at both temperatures
     and both states, within 0.05 of its mass (measured 0.027 with seed 0; at 8000 updates
     0.024 / 0.022 / 0.024 for seeds 0-2 from 16,000 draws, docs/performance.md; `fast` gets
-    0.081 here, its small mode at 0.045-0.054 of 0.12). Fewer updates do not fit 128 rows:
-    0.065 at 3000, 0.045 at 4000. About a minute of the suite."""
+    0.081 here, its small mode at 0.045-0.054 of 0.12). 128 rows fit more slowly than all
+    256: at 3000 updates this would fail (0.065), at 4000 pass with little margin (0.045).
+    About a minute of the suite."""
     target = learned_fidelity.three_mode_1d()
     target.prepare(2000, torch.Generator().manual_seed(0))
     _, config = learned_fidelity.parse_config("balanced")
