@@ -70,16 +70,16 @@ class Run:
         return root / self.task / self.name / f"seed{self.seed}"
 
     def matches(self, selector: str) -> bool:
-        """Whether `selector` (``--only``) names this run: whole parts of ``task/name/seedK``,
-        consecutive (``finger-spin``, ``dqs-balanced``, ``two-goal-maze/dqs``, ``seed1``);
-        ``dqs`` does not select ``dqs-balanced``."""
+        """Whether `selector` (`--only`) names this run: whole parts of `task/name/seedK`,
+        consecutive (`finger-spin`, `dqs-balanced`, `two-goal-maze/dqs`, `seed1`);
+        `dqs` does not select `dqs-balanced`."""
         parts = [self.task, self.name, f"seed{self.seed}"]
         want = [p for p in selector.split("/") if p]
         n = len(want)
         return n > 0 and any(parts[i : i + n] == want for i in range(len(parts) - n + 1))
 
     def start_line(self, root: Path) -> str:
-        """What ``run`` prints when it launches this run: a resume names its checkpoint's
+        """What `run` prints when it launches this run: a resume names its checkpoint's
         frames (checkpoints are written more often than evaluations)."""
         if not self.has_checkpoint(root):
             return f"start {self.path(root)}"
@@ -96,7 +96,7 @@ class Run:
         return self.checkpoint_frames(root) is not None
 
     def checkpoint_frames(self, root: Path) -> int | None:
-        """The frame count of the newest checkpoint (where a resume starts), or ``None``."""
+        """The frame count of the newest checkpoint (where a resume starts), or `None`."""
         newest = latest_checkpoint(self.path(root) / "checkpoints")
         return None if newest is None else int(newest.stem.removeprefix("ckpt_"))
 
