@@ -40,7 +40,6 @@ recent part of its replay buffer, and reports (one line, and a CSV row with ``--
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 from pathlib import Path
@@ -56,7 +55,7 @@ from dqs_torchrl.experiments.configs import CONFIG_DIR
 from dqs_torchrl.experiments.harness.agents import make_agent
 from dqs_torchrl.experiments.harness.checkpoint import latest_checkpoint, load_checkpoint
 from dqs_torchrl.experiments.harness.config import compose_config
-from dqs_torchrl.experiments.harness.loop import append_csv_row, make_env
+from dqs_torchrl.experiments.harness.loop import append_csv_row, csv_header, make_env
 from dqs_torchrl.experiments.harness.policy import load_run_config
 
 
@@ -314,11 +313,9 @@ def write_rows(path: Path, rows: list[dict]) -> None:
     the file's own header when it has every one of them; a row's missing columns stay empty.
     A file whose header lacks some is refused by `append_csv_row`, naming them."""
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    if path.is_file() and path.stat().st_size:
-        with open(path, newline="") as f:
-            header = next(csv.reader(f), [])
-        if set(columns) <= set(header):
-            columns = header
+    header = csv_header(path)
+    if header and set(columns) <= set(header):
+        columns = header
     for row in rows:
         append_csv_row(path, {k: row.get(k, "") for k in columns})
 

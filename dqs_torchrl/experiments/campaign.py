@@ -45,7 +45,7 @@ import yaml
 
 from dqs_torchrl.experiments import plot
 from dqs_torchrl.experiments.configs import CONFIG_DIR
-from dqs_torchrl.experiments.harness.checkpoint import latest_checkpoint
+from dqs_torchrl.experiments.harness.checkpoint import checkpoint_frames, latest_checkpoint
 from dqs_torchrl.experiments.harness.plotting import agg_figure
 from dqs_torchrl.experiments.harness.rundir import results_in
 
@@ -81,11 +81,12 @@ class Run:
     def start_line(self, root: Path) -> str:
         """What `run` prints when it launches this run: a resume names its checkpoint's
         frames (checkpoints are written more often than evaluations)."""
-        if not self.has_checkpoint(root):
+        frames = self.checkpoint_frames(root)
+        if frames is None:
             return f"start {self.path(root)}"
         return (
-            f"resume {self.path(root)} (from its checkpoint at {self.checkpoint_frames(root):,} "
-            f"frames, evaluated to {self.frames_done(root):,})"
+            f"resume {self.path(root)} (from its checkpoint at {frames:,} frames, "
+            f"evaluated to {self.frames_done(root):,})"
         )
 
     def frames_done(self, root: Path) -> int:
@@ -98,7 +99,7 @@ class Run:
     def checkpoint_frames(self, root: Path) -> int | None:
         """The frame count of the newest checkpoint (where a resume starts), or `None`."""
         newest = latest_checkpoint(self.path(root) / "checkpoints")
-        return None if newest is None else int(newest.stem.removeprefix("ckpt_"))
+        return None if newest is None else checkpoint_frames(newest)
 
     def is_running(self, root: Path) -> bool:
         """Whether a process holds the run directory's lock (`harness.rundir`)."""
@@ -118,8 +119,9 @@ class Run:
             return "finished"
         if self.is_running(root):
             return "running"
-        if self.has_checkpoint(root):
-            return f"interrupted (checkpoint at {self.checkpoint_frames(root):,})"
+        frames = self.checkpoint_frames(root)
+        if frames is not None:
+            return f"interrupted (checkpoint at {frames:,})"
         return "started, no checkpoint" if results_in(self.path(root)) else "fresh"
 
     def command(self, root: Path) -> list[str]:

@@ -64,6 +64,20 @@ def _checkpoints(directory: Path) -> list[Path]:
     return [p for p in directory.glob("ckpt_*.pt") if _NAME.match(p.name)]
 
 
+def checkpoint_frames(path: str | Path) -> int:
+    """The frame count in a checkpoint's name (`ckpt_<frames>.pt`, as [`save_checkpoint`][]
+    names it), without loading it.
+
+    Examples:
+        >>> checkpoint_frames("runs/a/checkpoints/ckpt_000000060000.pt")
+        60000
+    """
+    match = _NAME.match(Path(path).name)
+    if match is None:
+        raise ValueError(f"{path} is not named as a checkpoint (ckpt_<12 digits>.pt)")
+    return int(match.group(1))
+
+
 def latest_checkpoint(directory: str | Path) -> Path | None:
     """The newest checkpoint in `directory` (by frame count), or `None`."""
     found = sorted(_checkpoints(Path(directory))) if Path(directory).is_dir() else []

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import random
 from collections.abc import Callable
 from datetime import timedelta
@@ -41,7 +42,15 @@ from dqs_torchrl.experiments.harness.rundir import lock_run_dir, open_run
 from dqs_torchrl.experiments.harness.state import RunState
 from dqs_torchrl.experiments.harness.video import log_video, write_video
 
-__all__ = ["train", "make_env", "make_logger", "hparams", "evaluate", "append_csv_row"]
+__all__ = [
+    "train",
+    "make_env",
+    "make_logger",
+    "hparams",
+    "evaluate",
+    "append_csv_row",
+    "csv_header",
+]
 
 VIDEO_FPS = 30  # evaluation videos play at 30 frames/s, one frame per environment step
 
@@ -229,6 +238,15 @@ class _EvalLog:
         append_csv_row(self.path, row)
 
 
+def csv_header(path: Path) -> list[str] | None:
+    """The column names on the first line of the CSV at `path`; `None` for a missing or empty
+    file (where [`append_csv_row`][] writes its own)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    with open(path, newline="") as f:
+        return next(csv.reader(f), [])
+
+
 def append_csv_row(path: Path, row: dict[str, Any]) -> None:
     """Append `row` to the CSV file at `path`, writing the header (its keys) if the file is new.
 
@@ -236,11 +254,13 @@ def append_csv_row(path: Path, row: dict[str, Any]) -> None:
     columns): its rows would be read under the wrong names; so is one whose last line is not
     ended (a row cut short: the new row would be glued to it).
     """
-    new = not path.exists() or path.stat().st_size == 0
+    header = csv_header(path)
+    new = header is None
     if not new:
-        text = path.read_text()
-        header = next(csv.reader(text.splitlines()[:1]), [])
-        if not text.endswith("\n") or not header:
+        with open(path, "rb") as f:  # only the last byte: is the last line ended?
+            f.seek(-1, os.SEEK_END)
+            ended = f.read(1) == b"\n"
+        if not ended or not header:
             what = "its last line is not ended" if header else "no header on its first line"
             raise ValueError(
                 f"{path}: {what} (not a CSV this code wrote, or one cut short); "
